@@ -1,0 +1,55 @@
+//! Loopback admin endpoint: liveness and readiness for orchestrators. Plain HTTP, because it is
+//! bound to loopback by default and carries no secrets.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::http::{Body, full};
+use crate::proxy::Proxy;
+use crate::shutdown::Shutdown;
+
+/// Serves `/healthz` and `/readyz` until draining starts.
+pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown, tasks: TaskTracker) {
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = shutdown.deadline().cancelled() => break,
+            res = listener.accept() => match res {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+        };
+        let proxy = proxy.clone();
+        let shutdown_c = shutdown.clone();
+        let builder = builder.clone();
+        tasks.spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let resp = answer(&req, &proxy, &shutdown_c);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, proxy: &Proxy, shutdown: &Shutdown) -> Response<Body> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
+        (&Method::GET, "/readyz") if shutdown.drain().is_cancelled() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
+        }
+        (&Method::GET, "/readyz") => (
+            StatusCode::OK,
+            format!("ready; routes={}\n", proxy.gateway().config().routes.len()),
+        ),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp
+}

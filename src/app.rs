@@ -1,0 +1,144 @@
+//! Wires a validated config into running listeners: builds certificates and upstream clients
+//! (before binding anything, so a bad file never leaves a half-started proxy), binds, spawns
+//! the accept loops, and runs until a signal asks it to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::listener::PublicListener;
+use crate::proxy::{Gateway, Proxy};
+use crate::shutdown::Shutdown;
+use crate::tls::{self, TlsSetupError};
+use crate::upstream::UpstreamSetupError;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Server certificate material unusable.
+    #[error("listener.tls: {0}")]
+    Tls(#[from] TlsSetupError),
+    /// Upstream client configuration unusable.
+    #[error("routes: {0}")]
+    Upstream(#[from] UpstreamSetupError),
+    /// A socket could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}; is another process using the port?")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Requested address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy.
+pub struct Running {
+    /// Address the public listener is bound to.
+    pub addr: SocketAddr,
+    /// Address of the admin listener, if configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// The request pipeline (for reloads and introspection).
+    pub proxy: Arc<Proxy>,
+    /// Shutdown signals.
+    pub shutdown: Shutdown,
+    drain_timeout: std::time::Duration,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// Starts graceful shutdown.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.trigger(self.drain_timeout);
+    }
+
+    /// Waits until every listener and connection has finished.
+    pub async fn wait(self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Builds everything from `config`, binds the listeners and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let (resolver, _certs) = tls::load_resolver(&config.listener.tls).map_err(TlsSetupError::from)?;
+    let server_config = tls::server_config(Arc::new(resolver), config.listener.tls.allow_tls12)?;
+    let gateway = Gateway::new(config.clone())?;
+
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let public = bind("listener.bind", config.listener.bind).await?;
+    let admin = match &config.admin {
+        Some(a) => Some(bind("admin.bind", a.bind).await?),
+        None => None,
+    };
+    let local = |l: &TcpListener, what, addr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let addr = local(&public, "listener.bind", config.listener.bind)?;
+    let admin_addr = match (&admin, &config.admin) {
+        (Some(l), Some(a)) => Some(local(l, "admin.bind", a.bind)?),
+        _ => None,
+    };
+
+    let shutdown = Shutdown::new();
+    let tasks = TaskTracker::new();
+    let proxy = Arc::new(Proxy::new(gateway, shutdown.clone()));
+    let listener = PublicListener {
+        listener: public,
+        tls: Arc::new(ArcSwap::new(server_config)),
+        proxy: proxy.clone(),
+        http: config.http.clone(),
+        handshake_timeout: config.listener.handshake_timeout,
+        connections: Arc::new(Semaphore::new(config.listener.max_connections)),
+    };
+    tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
+    if let Some(admin) = admin {
+        tasks.spawn(crate::admin::run(admin, proxy.clone(), shutdown.clone(), tasks.clone()));
+    }
+    tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "mcp-edge listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        proxy,
+        shutdown,
+        drain_timeout: config.shutdown.drain_timeout,
+        tasks,
+    })
+}
+
+/// Runs until SIGTERM or Ctrl-C, then drains; a second signal forces an immediate stop.
+pub async fn run_until_signal(running: Running) -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; draining"),
+    }
+    running.begin_shutdown();
+    let shutdown = running.shutdown.clone();
+    let forced = async {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::warn!("second signal; stopping now");
+        shutdown.force();
+    };
+    tokio::select! {
+        () = running.wait() => {},
+        () = async { forced.await; std::future::pending::<()>().await } => {},
+    }
+    tracing::info!("mcp-edge stopped");
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `mcp-edge check`: loads the config and every file it names exactly as start-up would, and
+//! describes what would run. Any problem is returned with the key or file at fault.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::app::StartError;
+use crate::config::{self, ConfigError, Transport};
+use crate::proxy::Gateway;
+use crate::tls::{self, TlsSetupError};
+
+/// Why `check` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The config file itself.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate, key or upstream client setting.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Validates the config at `path` and every file it names; returns a human summary.
+pub fn run(path: &Path) -> Result<String, CheckError> {
+    let cfg = config::load(path)?;
+    let (_, certs) = tls::load_resolver(&cfg.listener.tls)
+        .map_err(|e| StartError::Tls(TlsSetupError::Cert(e)))?;
+    let cfg = Arc::new(cfg);
+    Gateway::new(cfg.clone()).map_err(StartError::Upstream)?;
+
+    let now = SystemTime::now();
+    let mut out = String::new();
+    let _ = writeln!(out, "config {} is valid", path.display());
+    let _ = writeln!(
+        out,
+        "listener: {} (public URL {}), up to {} connections",
+        cfg.listener.bind, cfg.listener.public_url, cfg.listener.max_connections
+    );
+    for c in &certs {
+        let days = c
+            .info
+            .time_left(now)
+            .map_or_else(|| "EXPIRED".to_owned(), |d| format!("{} days left", d.as_secs() / 86_400));
+        let _ = writeln!(
+            out,
+            "certificate: {} names=[{}] not_after={} ({days})",
+            c.info.subject,
+            c.info.dns_names.join(", "),
+            humantime::format_rfc3339_seconds(c.info.not_after),
+        );
+    }
+    for r in &cfg.routes {
+        let transport = match r.transport {
+            Transport::StreamableHttp => "streamable-http",
+            Transport::Sse => "sse (legacy)",
+        };
+        let ups: Vec<String> = r.upstreams.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "route {} [{transport}] -> {}", r.path, ups.join(", "));
+    }
+    if let Some(a) = &cfg.admin {
+        let _ = writeln!(out, "admin: {}", a.bind);
+    }
+    Ok(out)
+}

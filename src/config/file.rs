@@ -1,0 +1,325 @@
+//! The config file's shape, exactly as operators write it. Every table rejects unknown keys so
+//! a typo is an error at load time rather than a silently ignored setting.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Top level of `mcp-edge.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[listener]`
+    pub listener: ListenerFile,
+    /// `[http]`
+    #[serde(default)]
+    pub http: HttpFile,
+    /// `[sse]`
+    #[serde(default)]
+    pub sse: SseFile,
+    /// `[shutdown]`
+    #[serde(default)]
+    pub shutdown: ShutdownFile,
+    /// `[upstream]`: defaults for every route's upstream connections.
+    #[serde(default)]
+    pub upstream: UpstreamDefaultsFile,
+    /// `[admin]`
+    pub admin: Option<AdminFile>,
+    /// `[log]`
+    #[serde(default)]
+    pub log: LogFile,
+    /// `[[routes]]`
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// `[listener]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// IP:PORT to bind.
+    pub bind: String,
+    /// Base URL clients use.
+    pub public_url: String,
+    /// Connection cap.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// TLS handshake deadline.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// `[listener.tls]`
+    pub tls: TlsFile,
+}
+
+/// `[listener.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Default certificate chain.
+    pub cert: PathBuf,
+    /// Default private key.
+    pub key: PathBuf,
+    /// `"1.2"` or `"1.3"`.
+    #[serde(default = "defaults::min_version")]
+    pub min_version: String,
+    /// `[[listener.tls.sni]]`
+    #[serde(default)]
+    pub sni: Vec<SniCertFile>,
+}
+
+/// `[[listener.tls.sni]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertFile {
+    /// Names served by this certificate.
+    pub names: Vec<String>,
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// Request head deadline.
+    #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Request head size cap.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Request header count cap.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Request body size cap.
+    #[serde(default = "defaults::max_request_body_bytes")]
+    pub max_request_body_bytes: u64,
+    /// HTTP/2 PING interval.
+    #[serde(default = "defaults::h2_keepalive", with = "humantime_serde")]
+    pub h2_keepalive_interval: Duration,
+    /// HTTP/2 PING ack deadline.
+    #[serde(default = "defaults::h2_keepalive", with = "humantime_serde")]
+    pub h2_keepalive_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    #[serde(default = "defaults::h2_max_concurrent_streams")]
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for HttpFile {
+    fn default() -> Self {
+        HttpFile {
+            header_read_timeout: defaults::header_read_timeout(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_request_body_bytes: defaults::max_request_body_bytes(),
+            h2_keepalive_interval: defaults::h2_keepalive(),
+            h2_keepalive_timeout: defaults::h2_keepalive(),
+            h2_max_concurrent_streams: defaults::h2_max_concurrent_streams(),
+        }
+    }
+}
+
+/// `[sse]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseFile {
+    /// Silence before a heartbeat comment.
+    #[serde(default = "defaults::heartbeat_interval", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Upstream silence that ends a stream.
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for SseFile {
+    fn default() -> Self {
+        SseFile {
+            heartbeat_interval: defaults::heartbeat_interval(),
+            idle_timeout: defaults::idle_timeout(),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownFile {
+    /// Drain deadline.
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownFile {
+    fn default() -> Self {
+        ShutdownFile {
+            drain_timeout: defaults::drain_timeout(),
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamDefaultsFile {
+    /// TCP connect deadline.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Response head deadline.
+    #[serde(default = "defaults::response_header_timeout", with = "humantime_serde")]
+    pub response_header_timeout: Duration,
+    /// Idle pooled connection lifetime.
+    #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections per host.
+    #[serde(default = "defaults::pool_max_idle_per_host")]
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamDefaultsFile {
+    fn default() -> Self {
+        UpstreamDefaultsFile {
+            connect_timeout: defaults::connect_timeout(),
+            response_header_timeout: defaults::response_header_timeout(),
+            pool_idle_timeout: defaults::pool_idle_timeout(),
+            pool_max_idle_per_host: defaults::pool_max_idle_per_host(),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// IP:PORT to bind.
+    pub bind: String,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// Output format.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Default filter.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            format: LogFormat::default(),
+            level: defaults::log_level(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Public path.
+    pub path: String,
+    /// One upstream URL.
+    pub upstream: Option<String>,
+    /// Several upstream URLs (round-robin with session affinity).
+    pub upstreams: Option<Vec<String>>,
+    /// MCP transport.
+    #[serde(default)]
+    pub transport: Transport,
+    /// `[routes.upstream_tls]`
+    pub upstream_tls: Option<UpstreamTlsFile>,
+}
+
+/// `[routes.upstream_tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// CA bundle that verifies the upstream.
+    pub ca: PathBuf,
+    /// Client certificate to present.
+    pub client_cert: Option<PathBuf>,
+    /// Key for the client certificate.
+    pub client_key: Option<PathBuf>,
+}
+
+/// The MCP transport a route speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Streamable HTTP (2025-03-26 and later, including the stateless 2026-07-28 era).
+    #[default]
+    StreamableHttp,
+    /// Legacy HTTP+SSE (2024-11-05): `GET` opens the stream, POSTs go to the announced endpoint.
+    Sse,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn min_version() -> String {
+        "1.2".to_owned()
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_header_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_request_body_bytes() -> u64 {
+        4 * 1024 * 1024
+    }
+    pub fn h2_keepalive() -> Duration {
+        Duration::from_secs(20)
+    }
+    pub fn h2_max_concurrent_streams() -> u32 {
+        200
+    }
+    pub fn heartbeat_interval() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(30 * 60)
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn response_header_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(90)
+    }
+    pub fn pool_max_idle_per_host() -> usize {
+        32
+    }
+    pub fn log_level() -> String {
+        "info".to_owned()
+    }
+}

@@ -1,0 +1,582 @@
+//! Typed configuration: the TOML file is parsed into these structs (unknown keys rejected),
+//! then [`validate`] checks every value and resolves it into a [`Config`] snapshot that the
+//! data path shares through an `Arc`. Nothing here touches the network.
+
+mod file;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+pub use file::{
+    AdminFile, ConfigFile, HttpFile, ListenerFile, LogFile, LogFormat, RouteFile, ShutdownFile,
+    SniCertFile, SseFile, TlsFile, Transport, UpstreamDefaultsFile, UpstreamTlsFile,
+};
+
+/// Why a configuration could not be loaded; every message names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that failed.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not fit the schema (unknown key, wrong type).
+    #[error("config file {path} is not valid: {message}")]
+    Parse {
+        /// The file that failed.
+        path: PathBuf,
+        /// The parser's message, which names the line and key.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("config key `{key}`: {problem}; {fix}")]
+    Invalid {
+        /// Dotted path of the offending key, e.g. `routes[1].upstream`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+        /// What the operator should do.
+        fix: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public listener.
+    pub listener: Listener,
+    /// HTTP server limits.
+    pub http: HttpLimits,
+    /// SSE relay behaviour.
+    pub sse: SseSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+    /// Loopback admin listener, if enabled.
+    pub admin: Option<Admin>,
+    /// Logging.
+    pub log: LogSettings,
+    /// Routes, in the order given.
+    pub routes: Vec<Route>,
+}
+
+/// Validated public listener settings.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Socket address to bind.
+    pub bind: SocketAddr,
+    /// Public base URL (scheme + authority, no path) used in rewritten links and metadata.
+    pub public_url: Uri,
+    /// Maximum simultaneous client connections.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Server certificates.
+    pub tls: ServerTls,
+}
+
+/// Server certificate files: one default plus optional per-SNI certificates.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Default certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Default private key (PEM).
+    pub key: PathBuf,
+    /// Additional certificates selected by SNI name.
+    pub sni: Vec<SniCert>,
+    /// Whether TLS 1.2 is offered in addition to 1.3.
+    pub allow_tls12: bool,
+}
+
+/// A certificate chosen when the client's SNI matches one of `names`.
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    /// Exact DNS names or `*.suffix` wildcards, lower case.
+    pub names: Vec<String>,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// HTTP server limits applied to every client connection.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Time allowed to receive a full request head (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Maximum size of a request head in bytes (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Maximum number of request headers (HTTP/1.1).
+    pub max_headers: usize,
+    /// Maximum request body size in bytes.
+    pub max_request_body_bytes: u64,
+    /// HTTP/2 PING interval.
+    pub h2_keepalive_interval: Duration,
+    /// HTTP/2 PING acknowledgement timeout.
+    pub h2_keepalive_timeout: Duration,
+    /// HTTP/2 concurrent streams per connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// How SSE streams are relayed.
+#[derive(Debug, Clone)]
+pub struct SseSettings {
+    /// A comment line is sent after this much upstream silence.
+    pub heartbeat_interval: Duration,
+    /// A stream whose upstream sent nothing for this long is ended.
+    pub idle_timeout: Duration,
+}
+
+/// Graceful shutdown settings.
+#[derive(Debug, Clone)]
+pub struct ShutdownSettings {
+    /// How long in-flight requests and streams may run after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+/// Admin listener settings.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Socket address to bind (loopback unless deliberately exposed).
+    pub bind: SocketAddr,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// `json` or `text`.
+    pub format: LogFormat,
+    /// Default filter directive (overridden by `RUST_LOG`).
+    pub level: String,
+}
+
+/// A validated route: one public path relayed to one or more upstream endpoints.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Exact public path, e.g. `/mcp`.
+    pub path: String,
+    /// MCP transport spoken on this route.
+    pub transport: Transport,
+    /// Upstream endpoints, in configured order.
+    pub upstreams: Vec<Uri>,
+    /// Upstream connection settings.
+    pub upstream: UpstreamSettings,
+}
+
+/// Settings for the connections a route makes to its upstreams.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response head arrives.
+    pub response_header_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+    /// TLS settings for `https://` upstreams.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS settings for HTTPS upstreams.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// CA bundle (PEM) used to verify the upstream; required for `https://` upstreams.
+    pub ca: PathBuf,
+    /// Client certificate presented to the upstream (PEM), with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Private key for `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+/// Reads, parses and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    parse(&text, path, base)
+}
+
+/// Parses and validates configuration text; relative file paths resolve against `base_dir`.
+pub fn parse(text: &str, origin: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    validate(file, base_dir)
+}
+
+/// Checks every value of a parsed file and resolves it into a [`Config`].
+pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError> {
+    let resolve = |p: &Path| -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        }
+    };
+
+    let l = file.listener;
+    let bind: SocketAddr = l.bind.parse().map_err(|_| {
+        ConfigError::invalid(
+            "listener.bind",
+            format!("`{}` is not a socket address", l.bind),
+            "write it as IP:PORT, e.g. \"0.0.0.0:8443\" or \"[::]:8443\"",
+        )
+    })?;
+    let public_url = parse_public_url(&l.public_url)?;
+    if l.max_connections == 0 {
+        return Err(ConfigError::invalid(
+            "listener.max_connections",
+            "must be at least 1",
+            "set a positive number (default 10000)",
+        ));
+    }
+    nonzero("listener.handshake_timeout", l.handshake_timeout)?;
+
+    let mut sni = Vec::with_capacity(l.tls.sni.len());
+    for (i, s) in l.tls.sni.iter().enumerate() {
+        let key = format!("listener.tls.sni[{i}].names");
+        if s.names.is_empty() {
+            return Err(ConfigError::invalid(
+                key,
+                "is empty",
+                "list the DNS names this certificate serves, e.g. [\"mcp.example.com\"]",
+            ));
+        }
+        let mut names = Vec::with_capacity(s.names.len());
+        for n in &s.names {
+            let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+            let bare = n.strip_prefix("*.").unwrap_or(&n);
+            if bare.is_empty()
+                || bare.contains('*')
+                || !bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{n}` is not a DNS name"),
+                    "use exact names or a leading wildcard such as \"*.example.com\"",
+                ));
+            }
+            names.push(n);
+        }
+        sni.push(SniCert {
+            names,
+            cert: resolve(&s.cert),
+            key: resolve(&s.key),
+        });
+    }
+    let allow_tls12 = match l.tls.min_version.as_str() {
+        "1.2" => true,
+        "1.3" => false,
+        other => {
+            return Err(ConfigError::invalid(
+                "listener.tls.min_version",
+                format!("`{other}` is not supported"),
+                "use \"1.2\" (default) or \"1.3\"",
+            ));
+        }
+    };
+    let listener = Listener {
+        bind,
+        public_url,
+        max_connections: l.max_connections,
+        handshake_timeout: l.handshake_timeout,
+        tls: ServerTls {
+            cert: resolve(&l.tls.cert),
+            key: resolve(&l.tls.key),
+            sni,
+            allow_tls12,
+        },
+    };
+
+    let h = file.http;
+    nonzero("http.header_read_timeout", h.header_read_timeout)?;
+    nonzero("http.h2_keepalive_interval", h.h2_keepalive_interval)?;
+    nonzero("http.h2_keepalive_timeout", h.h2_keepalive_timeout)?;
+    if !(8192..=1024 * 1024).contains(&h.max_header_bytes) {
+        return Err(ConfigError::invalid(
+            "http.max_header_bytes",
+            format!("{} is outside 8192..=1048576", h.max_header_bytes),
+            "keep the default 65536 unless clients send unusually large headers",
+        ));
+    }
+    if !(8..=1000).contains(&h.max_headers) {
+        return Err(ConfigError::invalid(
+            "http.max_headers",
+            format!("{} is outside 8..=1000", h.max_headers),
+            "keep the default 100",
+        ));
+    }
+    if h.max_request_body_bytes == 0 {
+        return Err(ConfigError::invalid(
+            "http.max_request_body_bytes",
+            "must be at least 1",
+            "set a byte count such as 4194304 (4 MiB)",
+        ));
+    }
+    if h.h2_max_concurrent_streams == 0 {
+        return Err(ConfigError::invalid(
+            "http.h2_max_concurrent_streams",
+            "must be at least 1",
+            "keep the default 200",
+        ));
+    }
+    let http = HttpLimits {
+        header_read_timeout: h.header_read_timeout,
+        max_header_bytes: h.max_header_bytes,
+        max_headers: h.max_headers,
+        max_request_body_bytes: h.max_request_body_bytes,
+        h2_keepalive_interval: h.h2_keepalive_interval,
+        h2_keepalive_timeout: h.h2_keepalive_timeout,
+        h2_max_concurrent_streams: h.h2_max_concurrent_streams,
+    };
+
+    nonzero("sse.heartbeat_interval", file.sse.heartbeat_interval)?;
+    nonzero("sse.idle_timeout", file.sse.idle_timeout)?;
+    if file.sse.idle_timeout <= file.sse.heartbeat_interval {
+        return Err(ConfigError::invalid(
+            "sse.idle_timeout",
+            "is not longer than sse.heartbeat_interval",
+            "make the idle limit several heartbeats long (defaults: 15s heartbeat, 30m idle)",
+        ));
+    }
+    let sse = SseSettings {
+        heartbeat_interval: file.sse.heartbeat_interval,
+        idle_timeout: file.sse.idle_timeout,
+    };
+
+    let admin = match file.admin {
+        Some(a) => Some(Admin {
+            bind: a.bind.parse().map_err(|_| {
+                ConfigError::invalid(
+                    "admin.bind",
+                    format!("`{}` is not a socket address", a.bind),
+                    "write it as IP:PORT, e.g. \"127.0.0.1:9901\"",
+                )
+            })?,
+        }),
+        None => None,
+    };
+
+    let u = &file.upstream;
+    nonzero("upstream.connect_timeout", u.connect_timeout)?;
+    nonzero("upstream.response_header_timeout", u.response_header_timeout)?;
+
+    if file.routes.is_empty() {
+        return Err(ConfigError::invalid(
+            "routes",
+            "no route is configured",
+            "add a [[routes]] table with `path` and `upstream`",
+        ));
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(file.routes.len());
+    for (i, r) in file.routes.into_iter().enumerate() {
+        let route = validate_route(i, r, u, &resolve)?;
+        if let Some(prev) = routes.iter().position(|p| p.path == route.path) {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].path"),
+                format!("`{}` is already used by routes[{prev}]", route.path),
+                "give every route its own path",
+            ));
+        }
+        routes.push(route);
+    }
+
+    Ok(Config {
+        listener,
+        http,
+        sse,
+        shutdown: ShutdownSettings {
+            drain_timeout: file.shutdown.drain_timeout,
+        },
+        admin,
+        log: LogSettings {
+            format: file.log.format,
+            level: file.log.level,
+        },
+        routes,
+    })
+}
+
+fn validate_route(
+    i: usize,
+    r: RouteFile,
+    defaults: &UpstreamDefaultsFile,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Route, ConfigError> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    if !r.path.starts_with('/')
+        || r.path.contains(['?', '#', ' '])
+        || r.path.contains("//")
+        || (r.path.len() > 1 && r.path.ends_with('/'))
+        || r.path.starts_with("/.well-known/")
+    {
+        return Err(ConfigError::invalid(
+            key("path"),
+            format!("`{}` is not a usable route path", r.path),
+            "use an absolute path without query, fragment or trailing slash, e.g. \"/mcp\"",
+        ));
+    }
+    let raw: Vec<String> = match (r.upstream, r.upstreams) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) if !many.is_empty() => many,
+        (None, _) => {
+            return Err(ConfigError::invalid(
+                key("upstream"),
+                "is missing",
+                "set `upstream = \"http://HOST:PORT/mcp\"` or `upstreams = [..]`",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                key("upstreams"),
+                "both `upstream` and `upstreams` are set",
+                "keep only one of them",
+            ));
+        }
+    };
+    let mut upstreams = Vec::with_capacity(raw.len());
+    let mut any_https = false;
+    for (j, s) in raw.iter().enumerate() {
+        let k = if raw.len() == 1 {
+            key("upstream")
+        } else {
+            key(&format!("upstreams[{j}]"))
+        };
+        let uri: Uri = s.parse().map_err(|_| {
+            ConfigError::invalid(
+                &k,
+                format!("`{s}` is not a URL"),
+                "write an absolute URL such as \"http://127.0.0.1:9000/mcp\"",
+            )
+        })?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => any_https = true,
+            _ => {
+                return Err(ConfigError::invalid(
+                    &k,
+                    format!("`{s}` has no http:// or https:// scheme"),
+                    "write an absolute URL such as \"http://127.0.0.1:9000/mcp\"",
+                ));
+            }
+        }
+        if uri.authority().is_none_or(|a| a.host().is_empty()) {
+            return Err(ConfigError::invalid(
+                &k,
+                format!("`{s}` has no host"),
+                "write an absolute URL such as \"http://127.0.0.1:9000/mcp\"",
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(ConfigError::invalid(
+                &k,
+                format!("`{s}` has a query string"),
+                "remove the query; the client's query is forwarded as sent",
+            ));
+        }
+        if upstreams.contains(&uri) {
+            return Err(ConfigError::invalid(
+                &k,
+                format!("`{s}` is listed twice"),
+                "list each upstream endpoint once",
+            ));
+        }
+        upstreams.push(uri);
+    }
+
+    let tls = match r.upstream_tls {
+        Some(t) => {
+            if t.client_cert.is_some() != t.client_key.is_some() {
+                return Err(ConfigError::invalid(
+                    key("upstream_tls.client_key"),
+                    "`client_cert` and `client_key` must be given together",
+                    "set both, or neither",
+                ));
+            }
+            Some(UpstreamTls {
+                ca: resolve(&t.ca),
+                client_cert: t.client_cert.as_deref().map(resolve),
+                client_key: t.client_key.as_deref().map(resolve),
+            })
+        }
+        None if any_https => {
+            return Err(ConfigError::invalid(
+                key("upstream_tls"),
+                "an https:// upstream needs a CA to verify it",
+                "add [routes.upstream_tls] with `ca = \"/path/to/upstream-ca.pem\"`",
+            ));
+        }
+        None => None,
+    };
+
+    Ok(Route {
+        path: r.path,
+        transport: r.transport,
+        upstreams,
+        upstream: UpstreamSettings {
+            connect_timeout: defaults.connect_timeout,
+            response_header_timeout: defaults.response_header_timeout,
+            pool_idle_timeout: defaults.pool_idle_timeout,
+            pool_max_idle_per_host: defaults.pool_max_idle_per_host,
+            tls,
+        },
+    })
+}
+
+fn parse_public_url(s: &str) -> Result<Uri, ConfigError> {
+    let bad = |problem: String| {
+        ConfigError::invalid(
+            "listener.public_url",
+            problem,
+            "write the URL clients use, scheme and host only, e.g. \"https://mcp.example.com\"",
+        )
+    };
+    let uri: Uri = s
+        .parse()
+        .map_err(|_| bad(format!("`{s}` is not a URL")))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(bad(format!("`{s}` is not an https:// URL")));
+    }
+    if uri.authority().is_none() {
+        return Err(bad(format!("`{s}` has no host")));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad(format!("`{s}` has a path or query")));
+    }
+    Ok(uri)
+}
+
+fn nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::invalid(
+            key,
+            "must be longer than zero",
+            "write a duration such as \"10s\" or \"5m\"",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

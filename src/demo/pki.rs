@@ -1,0 +1,106 @@
+//! A throw-away development PKI (one CA, server certificates it signs) for the demo and tests.
+//! Keys are generated fresh in memory every time; nothing here is ever meant to be committed.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// A development certificate authority.
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+}
+
+/// A certificate and its private key, both PEM.
+pub struct IssuedCert {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Private key (PKCS#8), PEM.
+    pub key_pem: String,
+}
+
+impl DevCa {
+    /// Creates a new CA named `common_name`.
+    pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        Ok(DevCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Issues a server certificate for `names` (DNS names or IP addresses).
+    pub fn issue_server(&self, names: &[&str]) -> Result<IssuedCert, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = CertificateParams::new(names.clone())?;
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, first.as_str());
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Files written for the demo.
+pub struct DemoFiles {
+    /// CA certificate clients trust.
+    pub ca: PathBuf,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server key.
+    pub key: PathBuf,
+}
+
+/// Generates a CA and a `localhost` server certificate into `dir` (created if needed).
+pub fn write_demo_pki(dir: &Path) -> anyhow::Result<DemoFiles> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca = DevCa::new("mcp-edge demo CA").context("generating demo CA")?;
+    let server = ca
+        .issue_server(&["localhost", "127.0.0.1", "::1"])
+        .context("generating demo server certificate")?;
+    let files = DemoFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    write_file(&files.ca, ca.cert_pem.as_bytes(), 0o644)?;
+    write_file(&files.cert, server.cert_pem.as_bytes(), 0o644)?;
+    write_file(&files.key, server.key_pem.as_bytes(), 0o600)?;
+    Ok(files)
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Answers the proxy gives on its own behalf. Bodies are JSON-RPC error objects without an `id`
+//! so that MCP clients, which parse every answer as JSON-RPC, can show the reason.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::{Body, full};
+
+/// Something the proxy itself refuses or fails at, before or instead of the upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route has this path.
+    #[error("no MCP endpoint at this path")]
+    NotFound,
+    /// The route does not take this method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed {
+        /// Value for the `Allow` header.
+        allow: &'static str,
+    },
+    /// `Mcp-Session-Id` or legacy `sessionId` unknown to this proxy.
+    #[error("session not found; start a new session")]
+    UnknownSession,
+    /// Declared or streamed request body exceeds the limit.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A header the proxy needs to read is malformed.
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    /// Connecting to the upstream failed.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream did not answer (connect or response head) in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotFound | ProxyError::UnknownSession => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// JSON-RPC error code for the body.
+    fn rpc_code(&self) -> i32 {
+        match self {
+            ProxyError::BadRequest(_) => -32600,
+            ProxyError::NotFound | ProxyError::MethodNotAllowed { .. } => -32601,
+            _ => -32000,
+        }
+    }
+
+    /// Short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NotFound => "not_found",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::UnknownSession => "unknown_session",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UpstreamUnavailable => "upstream_unavailable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The complete HTTP response.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "error": { "code": self.rpc_code(), "message": self.to_string() },
+        });
+        let mut resp = Response::new(full(body.to_string()));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ProxyError::MethodNotAllowed { allow } = self {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}

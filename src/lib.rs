@@ -1,0 +1,37 @@
+//! mcp-edge: an HTTPS zero-trust edge proxy for MCP (Model Context Protocol) servers.
+//!
+//! # Layout
+//! The request path, top to bottom:
+//!
+//! ```text
+//! listener ─▶ tls ─▶ http::server ─▶ proxy (route, method, limits, endpoint choice)
+//!                                      └─▶ upstream (pooled client) ─▶ sse::RelayBody ─▶ client
+//! ```
+//!
+//! - [`listener`]: accept loop, connection cap, TLS handshake deadline.
+//! - [`tls`]: rustls server config, SNI certificate resolver.
+//! - [`http`]: hyper connection settings, the proxy's own error answers, header rules.
+//! - [`proxy`]: the per-request pipeline; start here to follow a request.
+//! - [`upstream`]: upstream client pool, round-robin, session affinity.
+//! - [`sse`]: streamed relay body (heartbeats, idle limit, drain) and legacy endpoint rewriting.
+//!
+//! Beside the path: [`config`] (typed, validated config), [`certs`] (PEM loading and checks),
+//! [`telemetry`] (logs, access log), [`shutdown`] (drain signals), [`admin`] (health
+//! endpoints), [`app`] (wiring), [`check`] (`mcp-edge check`) and [`demo`] (`mcp-edge demo`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod app;
+pub mod certs;
+pub mod check;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod listener;
+pub mod proxy;
+pub mod shutdown;
+pub mod sse;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

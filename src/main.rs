@@ -1,0 +1,106 @@
+//! The `mcp-edge` command: `run`, `check` and `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for configuration errors (as linkerd and sysexits' EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// HTTPS zero-trust edge proxy for MCP servers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file.
+    Run {
+        /// Path to the TOML config file.
+        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and every file it names, print a summary, and exit.
+    Check {
+        /// Path to the TOML config file.
+        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: dev PKI, a demo MCP backend, and the proxy in front of it.
+    Demo {
+        /// Address for the proxy.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        bind: SocketAddr,
+        /// Directory for the generated certificates and config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto library for everything; must happen before any rustls config is built.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Check { config } => match mcp_edge::check::run(&config) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mcp-edge check: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match mcp_edge::config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("mcp-edge: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            mcp_edge::telemetry::init(cfg.log.format, &cfg.log.level);
+            runtime(async move {
+                let running = match mcp_edge::app::start(cfg).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("mcp-edge: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+                match mcp_edge::app::run_until_signal(running).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("mcp-edge: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Demo { bind, data_dir } => runtime(async move {
+            match mcp_edge::demo::run(mcp_edge::demo::DemoOptions { bind, data_dir }).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcp-edge demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+    }
+}
+
+fn runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("mcp-edge: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

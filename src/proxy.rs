@@ -1,0 +1,325 @@
+//! The per-request pipeline. A request passes, in order:
+//! route lookup → method check → body limit → endpoint choice (session affinity or
+//! round-robin) → upstream request (headers rewritten) → response (headers rewritten, body
+//! relayed by [`RelayBody`]) → access log.
+//! Authentication, MCP inspection and policy slot in between the body limit and the endpoint
+//! choice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::config::{Config, Transport};
+use crate::http::error::ProxyError;
+use crate::http::headers::{self, MCP_METHOD, MCP_SESSION_ID, X_ACCEL_BUFFERING, X_REQUEST_ID};
+use crate::http::Body;
+use crate::shutdown::Shutdown;
+use crate::sse::legacy::{EndpointRewriter, LegacySessions};
+use crate::sse::{RelayBody, SseOptions};
+use crate::telemetry::AccessLog;
+use crate::upstream::{UpstreamSetupError, Upstreams};
+
+/// One route, ready to serve.
+#[derive(Debug)]
+struct RouteState {
+    path: Arc<str>,
+    transport: Transport,
+    upstreams: Upstreams,
+}
+
+/// An immutable snapshot of everything requests need; replaced as a whole on reload.
+#[derive(Debug)]
+pub struct Gateway {
+    config: Arc<Config>,
+    routes: Vec<RouteState>,
+}
+
+impl Gateway {
+    /// Builds clients and routes from a validated config.
+    pub fn new(config: Arc<Config>) -> Result<Self, UpstreamSetupError> {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(RouteState {
+                    path: Arc::from(r.path.as_str()),
+                    transport: r.transport,
+                    upstreams: Upstreams::new(r)?,
+                })
+            })
+            .collect::<Result<_, UpstreamSetupError>>()?;
+        Ok(Gateway { config, routes })
+    }
+
+    /// The configuration this snapshot was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    fn route(&self, path: &str) -> Option<&RouteState> {
+        self.routes.iter().find(|r| &*r.path == path)
+    }
+}
+
+/// The proxy service shared by all connections.
+pub struct Proxy {
+    gateway: ArcSwap<Gateway>,
+    legacy: Arc<LegacySessions>,
+    shutdown: Shutdown,
+}
+
+/// Where a request goes upstream.
+struct Target {
+    endpoint: usize,
+    uri: Uri,
+}
+
+impl Proxy {
+    /// A proxy serving `gateway` until `shutdown`.
+    pub fn new(gateway: Gateway, shutdown: Shutdown) -> Self {
+        Proxy {
+            gateway: ArcSwap::from_pointee(gateway),
+            legacy: Arc::new(LegacySessions::default()),
+            shutdown,
+        }
+    }
+
+    /// Replaces the snapshot; requests already running keep the one they started with.
+    pub fn swap(&self, gateway: Gateway) {
+        self.gateway.store(Arc::new(gateway));
+    }
+
+    /// The current snapshot.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.load_full()
+    }
+
+    /// Number of open legacy HTTP+SSE sessions.
+    pub fn legacy_sessions(&self) -> usize {
+        self.legacy.len()
+    }
+
+    /// Handles one client request; never fails (errors become responses).
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let request_id = headers::request_id(req.headers());
+        let mut log = AccessLog::new(request_id.clone(), client, req.method().clone(), req.uri().path());
+        log.set_mcp_method(req.headers().get(MCP_METHOD));
+        let gw = self.gateway.load_full();
+
+        let mut resp = match self.relay(&gw, req, client, &request_id, &mut log).await {
+            Ok((resp, sse)) => {
+                log.set_status(resp.status());
+                resp.map(|body| RelayBody::new(body, sse, log).boxed_unsync())
+            }
+            Err(e) => {
+                let resp = e_response(e, &mut log);
+                drop(log);
+                resp
+            }
+        };
+        resp.headers_mut().insert(X_REQUEST_ID, request_id);
+        resp
+    }
+
+    async fn relay(
+        &self,
+        gw: &Gateway,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        request_id: &HeaderValue,
+        log: &mut AccessLog,
+    ) -> Result<(Response<Incoming>, Option<SseOptions>), ProxyError> {
+        let cfg = &gw.config;
+        // 1. Route.
+        let route = gw.route(req.uri().path()).ok_or(ProxyError::NotFound)?;
+        log.set_route(route.path.clone());
+
+        // 2. Method.
+        let method = req.method().clone();
+        let allowed = match route.transport {
+            Transport::StreamableHttp => {
+                matches!(method, Method::POST | Method::GET | Method::DELETE)
+            }
+            Transport::Sse => matches!(method, Method::POST | Method::GET),
+        };
+        if !allowed {
+            return Err(ProxyError::MethodNotAllowed {
+                allow: match route.transport {
+                    Transport::StreamableHttp => "GET, POST, DELETE",
+                    Transport::Sse => "GET, POST",
+                },
+            });
+        }
+
+        // 3. Body limit, up front when the length is declared; streamed bodies are cut by `Limited`.
+        let limit = cfg.http.max_request_body_bytes;
+        if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
+            if len > limit {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+        }
+
+        // 4. Endpoint: session affinity first, then round-robin.
+        let (mut parts, body) = req.into_parts();
+        let target = self.choose_target(route, &method, &mut parts)?;
+        let endpoint = &route.upstreams.endpoints()[target.endpoint];
+        log.set_upstream(&endpoint.uri);
+
+        // 5. Upstream request.
+        let original_host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h);
+        headers::set_forwarded(h, client.ip(), original_host.as_ref());
+        headers::sanitize_traceparent(h);
+        h.insert(header::HOST, endpoint.host.clone());
+        h.insert(X_REQUEST_ID, request_id.clone());
+        // Compressed SSE would be buffered by the compressor; upstream hops are internal anyway.
+        h.remove(header::ACCEPT_ENCODING);
+        parts.uri = target.uri;
+        parts.version = http::Version::HTTP_11;
+        let body: Body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync();
+        let upstream_req = Request::from_parts(parts, body);
+
+        let mut resp = route.upstreams.send(upstream_req).await?;
+
+        // 6. Response head.
+        let h = resp.headers_mut();
+        headers::strip_hop_by_hop(h);
+        if route.transport == Transport::StreamableHttp
+            && let Some(id) = h.get(MCP_SESSION_ID)
+        {
+            match route.upstreams.tag_session(target.endpoint, id) {
+                Some(tagged) => {
+                    h.insert(MCP_SESSION_ID, tagged);
+                }
+                None => {
+                    h.remove(MCP_SESSION_ID);
+                }
+            }
+        }
+        let is_sse = h
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        if !is_sse {
+            return Ok((resp, None));
+        }
+        h.remove(header::CONTENT_LENGTH);
+        h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        if !h.contains_key(header::CACHE_CONTROL) {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        // Standalone GET streams are resumable elsewhere, so they end as soon as draining
+        // starts; answers to POSTs (calls in flight) and legacy streams (which carry the
+        // replies of their session) get the whole drain window.
+        let stop = if route.transport == Transport::StreamableHttp && method == Method::GET {
+            self.shutdown.drain().clone().cancelled_owned()
+        } else {
+            self.shutdown.deadline().clone().cancelled_owned()
+        };
+        let rewriter = (route.transport == Transport::Sse && method == Method::GET).then(|| {
+            EndpointRewriter::new(
+                self.legacy.clone(),
+                route.path.clone(),
+                target.endpoint,
+                endpoint.uri.clone(),
+            )
+        });
+        Ok((
+            resp,
+            Some(SseOptions {
+                heartbeat_interval: cfg.sse.heartbeat_interval,
+                idle_timeout: cfg.sse.idle_timeout,
+                stop,
+                rewriter,
+            }),
+        ))
+    }
+
+    fn choose_target(
+        &self,
+        route: &RouteState,
+        method: &Method,
+        parts: &mut http::request::Parts,
+    ) -> Result<Target, ProxyError> {
+        let ups = &route.upstreams;
+        match route.transport {
+            Transport::StreamableHttp => {
+                let mut ids = parts.headers.get_all(MCP_SESSION_ID).iter();
+                let (first, second) = (ids.next(), ids.next());
+                if second.is_some() {
+                    return Err(ProxyError::BadRequest("more than one Mcp-Session-Id header"));
+                }
+                let endpoint = match first {
+                    Some(tagged) => {
+                        let (idx, backend_id) =
+                            ups.by_session(tagged.as_bytes()).ok_or(ProxyError::UnknownSession)?;
+                        let backend_id = HeaderValue::from_bytes(backend_id)
+                            .map_err(|_| ProxyError::UnknownSession)?;
+                        parts.headers.insert(MCP_SESSION_ID, backend_id);
+                        idx
+                    }
+                    None => ups.pick(),
+                };
+                let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
+                Ok(Target { endpoint, uri })
+            }
+            Transport::Sse if *method == Method::GET => {
+                let endpoint = ups.pick();
+                let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
+                Ok(Target { endpoint, uri })
+            }
+            Transport::Sse => {
+                let token = parts
+                    .uri
+                    .query()
+                    .and_then(|q| query_param(q, "sessionId"))
+                    .ok_or(ProxyError::BadRequest("missing sessionId query parameter"))?;
+                let t = self.legacy.get(token).ok_or(ProxyError::UnknownSession)?;
+                if *t.route != *route.path {
+                    return Err(ProxyError::UnknownSession);
+                }
+                Ok(Target {
+                    endpoint: t.endpoint,
+                    uri: t.uri,
+                })
+            }
+        }
+    }
+}
+
+fn e_response(e: ProxyError, log: &mut AccessLog) -> Response<Body> {
+    log.set_error(e.kind());
+    log.set_status(e.status());
+    e.into_response()
+}
+
+fn with_query(base: &Uri, query: Option<&str>) -> Result<Uri, ProxyError> {
+    match query {
+        None => Ok(base.clone()),
+        Some(q) => format!("{base}?{q}")
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid query string")),
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then_some(v)
+    })
+}

@@ -1,0 +1,294 @@
+//! Legacy HTTP+SSE transport (2024-11-05): the backend's first event, `endpoint`, tells the
+//! client where to POST its messages. That URI names the backend, so the proxy replaces it
+//! with `<public route path>?sessionId=<proxy token>` and remembers, for as long as the stream
+//! lives, which backend URI the token stands for. POSTs carrying the token are relayed there;
+//! when the stream ends the token dies with it, exactly like the backend's own session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use http::Uri;
+
+/// Largest incomplete event the rewriter holds while waiting for its end.
+pub const MAX_PENDING_EVENT: usize = 64 * 1024;
+
+/// Where a legacy session's messages go.
+#[derive(Debug, Clone)]
+pub struct LegacyTarget {
+    /// Route the stream was opened on.
+    pub route: Arc<str>,
+    /// Index of the upstream endpoint that holds the session.
+    pub endpoint: usize,
+    /// Absolute upstream URI for the POSTs.
+    pub uri: Uri,
+}
+
+/// Live legacy sessions on this proxy instance, keyed by proxy token.
+#[derive(Debug, Default)]
+pub struct LegacySessions {
+    map: Mutex<HashMap<String, LegacyTarget>>,
+}
+
+impl LegacySessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, LegacyTarget>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts
+        // and removes), so a poisoned lock is still safe to use.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Target of a live session.
+    pub fn get(&self, token: &str) -> Option<LegacyTarget> {
+        self.lock().get(token).cloned()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a legacy stream had to be ended.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    /// An event grew past [`MAX_PENDING_EVENT`] without ending.
+    #[error("upstream SSE event exceeds {MAX_PENDING_EVENT} bytes without ending")]
+    EventTooLarge,
+    /// The `endpoint` event's data is not a URI.
+    #[error("upstream `endpoint` event is not a URI: {0:?}")]
+    BadEndpoint(String),
+}
+
+/// Rewrites `endpoint` events of one legacy stream; owns the stream's session token.
+pub struct EndpointRewriter {
+    sessions: Arc<LegacySessions>,
+    route: Arc<str>,
+    endpoint: usize,
+    upstream: Uri,
+    token: String,
+    pending: BytesMut,
+}
+
+impl EndpointRewriter {
+    /// A rewriter for a stream opened on `route` against endpoint `endpoint` at `upstream`.
+    pub fn new(sessions: Arc<LegacySessions>, route: Arc<str>, endpoint: usize, upstream: Uri) -> Self {
+        let token = format!("{:032x}", rand::random::<u128>());
+        EndpointRewriter {
+            sessions,
+            route,
+            endpoint,
+            upstream,
+            token,
+            pending: BytesMut::new(),
+        }
+    }
+
+    /// Takes upstream bytes, returns the complete events among them (rewritten as needed).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, RewriteError> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end);
+            self.rewrite_into(&event, &mut out)?;
+        }
+        if self.pending.len() > MAX_PENDING_EVENT {
+            return Err(RewriteError::EventTooLarge);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Whatever is left when the upstream ends (an unterminated last event).
+    pub fn finish(&mut self) -> Bytes {
+        self.pending.split().freeze()
+    }
+
+    fn rewrite_into(&mut self, event: &[u8], out: &mut BytesMut) -> Result<(), RewriteError> {
+        let mut name: &[u8] = b"message";
+        let mut data: Vec<&[u8]> = Vec::new();
+        let mut id: Option<&[u8]> = None;
+        for line in lines(event) {
+            let (field, value) = split_field(line);
+            match field {
+                b"event" => name = value,
+                b"data" => data.push(value),
+                b"id" => id = Some(value),
+                _ => {}
+            }
+        }
+        if name != b"endpoint" {
+            out.extend_from_slice(event);
+            return Ok(());
+        }
+        let raw = data.join(&b"\n"[..]);
+        let raw = String::from_utf8_lossy(&raw).trim().to_owned();
+        let target = self.resolve(&raw).ok_or(RewriteError::BadEndpoint(raw))?;
+        self.sessions.lock().insert(
+            self.token.clone(),
+            LegacyTarget {
+                route: self.route.clone(),
+                endpoint: self.endpoint,
+                uri: target,
+            },
+        );
+        out.extend_from_slice(b"event: endpoint\n");
+        if let Some(id) = id {
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(id);
+            out.extend_from_slice(b"\n");
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(self.route.as_bytes());
+        out.extend_from_slice(b"?sessionId=");
+        out.extend_from_slice(self.token.as_bytes());
+        out.extend_from_slice(b"\n\n");
+        Ok(())
+    }
+
+    /// Resolves the announced URI against the upstream URL; it must stay on the same origin.
+    fn resolve(&self, announced: &str) -> Option<Uri> {
+        let base_scheme = self.upstream.scheme_str()?;
+        let base_auth = self.upstream.authority()?.as_str();
+        let uri: Uri = if announced.starts_with("http://") || announced.starts_with("https://") {
+            let u: Uri = announced.parse().ok()?;
+            // A backend may not send clients (through us) to some other host.
+            if u.scheme_str() != Some(base_scheme) || u.authority()?.as_str() != base_auth {
+                return None;
+            }
+            u
+        } else if announced.starts_with("//")
+            || announced.split('/').next().is_some_and(|first| first.contains(':'))
+        {
+            // Scheme-relative or another scheme: would leave the backend's origin.
+            return None;
+        } else if announced.starts_with('/') {
+            format!("{base_scheme}://{base_auth}{announced}").parse().ok()?
+        } else {
+            let dir = self
+                .upstream
+                .path()
+                .rsplit_once('/')
+                .map_or("", |(d, _)| d);
+            format!("{base_scheme}://{base_auth}{dir}/{announced}").parse().ok()?
+        };
+        Some(uri)
+    }
+}
+
+impl Drop for EndpointRewriter {
+    fn drop(&mut self) {
+        self.sessions.lock().remove(&self.token);
+    }
+}
+
+/// Index just past the blank line ending the first complete event, if any.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    let mut line_start = 0;
+    while i < buf.len() {
+        let b = buf[i];
+        if b == b'\n' || b == b'\r' {
+            // A CR at the very end may be the first half of CRLF: wait for more.
+            if b == b'\r' && i + 1 == buf.len() {
+                return None;
+            }
+            let next = if b == b'\r' && buf[i + 1] == b'\n' { i + 2 } else { i + 1 };
+            if i == line_start {
+                return Some(next);
+            }
+            line_start = next;
+            i = next;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    event
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter(|l| !l.is_empty())
+}
+
+fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|&b| b == b':') {
+        Some(i) => {
+            let value = &line[i + 1..];
+            (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+        }
+        None => (line, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewriter(sessions: &Arc<LegacySessions>) -> EndpointRewriter {
+        EndpointRewriter::new(
+            sessions.clone(),
+            Arc::from("/sse"),
+            0,
+            "http://10.0.0.5:9000/sse".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn endpoint_event_rewritten_and_registered() {
+        let sessions = Arc::new(LegacySessions::default());
+        let mut r = rewriter(&sessions);
+        let out = r.feed(b"event: endpoint\ndata: /message?sessionId=abc\n\n").unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("event: endpoint\ndata: /sse?sessionId="), "{text}");
+        assert!(!text.contains("10.0.0.5") && !text.contains("abc"));
+        let token = text.trim().rsplit('=').next().unwrap();
+        let target = sessions.get(token).unwrap();
+        assert_eq!(target.uri, "http://10.0.0.5:9000/message?sessionId=abc");
+        drop(r);
+        assert!(sessions.is_empty(), "token must die with the stream");
+    }
+
+    #[test]
+    fn split_events_and_other_events_pass_through() {
+        let sessions = Arc::new(LegacySessions::default());
+        let mut r = rewriter(&sessions);
+        assert!(r.feed(b"event: endp").unwrap().is_empty());
+        let out = r.feed(b"oint\r\ndata: http://10.0.0.5:9000/m?x=1\r\n\r\nevent: message\r\ndata: {}\r\n\r\n: c").unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.contains("data: /sse?sessionId="));
+        assert!(text.ends_with("event: message\r\ndata: {}\r\n\r\n"));
+        assert_eq!(&r.finish()[..], b": c");
+    }
+
+    #[test]
+    fn foreign_or_garbage_endpoints_refused() {
+        let sessions = Arc::new(LegacySessions::default());
+        let mut r = rewriter(&sessions);
+        assert!(r.feed(b"event: endpoint\ndata: http://evil.example/m\n\n").is_err());
+        assert!(r.feed(b"event: endpoint\ndata: //evil.example/m\n\n").is_err());
+        assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn oversized_event_refused() {
+        let sessions = Arc::new(LegacySessions::default());
+        let mut r = rewriter(&sessions);
+        let big = vec![b'a'; MAX_PENDING_EVENT + 1];
+        assert!(matches!(r.feed(&big), Err(RewriteError::EventTooLarge)));
+    }
+
+    #[test]
+    fn event_end_handles_all_terminators() {
+        assert_eq!(event_end(b"a\n\nb"), Some(3));
+        assert_eq!(event_end(b"a\r\n\r\nb"), Some(5));
+        assert_eq!(event_end(b"a\r\rb"), Some(3));
+        assert_eq!(event_end(b"a\r\n\r"), None);
+        assert_eq!(event_end(b"a\n"), None);
+        assert_eq!(event_end(b"\n"), Some(1));
+    }
+}

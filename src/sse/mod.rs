@@ -1,0 +1,274 @@
+//! The response body the proxy hands to hyper for every relayed answer.
+//!
+//! Frames are forwarded as they arrive, one poll at a time, so nothing is buffered and
+//! backpressure is the client's: the upstream is read only as fast as the client takes data.
+//! For `text/event-stream` answers the body also
+//! - sends a comment heartbeat after `heartbeat_interval` of upstream silence, only at a line
+//!   boundary so an event is never split;
+//! - ends the stream after `idle_timeout` of upstream silence (heartbeats do not count);
+//! - ends the stream cleanly if the upstream fails mid-stream, so the client sees a closed
+//!   stream it can resume with `Last-Event-ID` rather than a hung or corrupt one;
+//! - ends the stream when its shutdown signal fires.
+//!
+//! Non-SSE bodies are passed through untouched; an upstream failure aborts them so a client can
+//! never take a truncated JSON answer for a complete one.
+
+pub mod legacy;
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::http::BoxError;
+use crate::telemetry::{AccessLog, Outcome};
+use legacy::EndpointRewriter;
+
+const HEARTBEAT_AT_EVENT_BOUNDARY: &[u8] = b": keep-alive\n\n";
+const HEARTBEAT_IN_EVENT: &[u8] = b": keep-alive\n";
+
+/// SSE-specific state of a relayed stream.
+pub struct SseOptions {
+    /// Upstream silence before a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Upstream silence that ends the stream.
+    pub idle_timeout: Duration,
+    /// Fires when this stream must end for shutdown.
+    pub stop: WaitForCancellationFutureOwned,
+    /// Rewrites legacy `endpoint` events, on legacy HTTP+SSE routes.
+    pub rewriter: Option<EndpointRewriter>,
+}
+
+struct SseState {
+    heartbeat_interval: Duration,
+    heartbeat: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    rewriter: Option<EndpointRewriter>,
+    tail: Tail,
+}
+
+/// Where the bytes sent so far end, relative to SSE syntax.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// At the start of an event (nothing sent, or after a blank line).
+    EventBoundary,
+    /// After a line terminator inside an event.
+    LineBoundary,
+    /// In the middle of a line.
+    MidLine,
+}
+
+impl Tail {
+    fn after(self, chunk: &[u8]) -> Tail {
+        let n = chunk.len();
+        if n == 0 {
+            return self;
+        }
+        let last = chunk[n - 1];
+        if last != b'\n' && last != b'\r' {
+            return Tail::MidLine;
+        }
+        // Look at the terminator before the final one (CRLF counts as one terminator).
+        let before = if last == b'\n' && n >= 2 && chunk[n - 2] == b'\r' {
+            n - 2
+        } else {
+            n - 1
+        };
+        let prev = if before == 0 {
+            match self {
+                Tail::EventBoundary | Tail::LineBoundary => Some(b'\n'),
+                Tail::MidLine => None,
+            }
+        } else {
+            Some(chunk[before - 1])
+        };
+        match prev {
+            Some(b'\n' | b'\r') => Tail::EventBoundary,
+            _ => Tail::LineBoundary,
+        }
+    }
+}
+
+/// A relayed response body; see the module docs.
+pub struct RelayBody {
+    inner: Incoming,
+    sse: Option<SseState>,
+    log: AccessLog,
+    done: bool,
+}
+
+impl RelayBody {
+    /// Wraps an upstream body; `sse` is `Some` for `text/event-stream` answers.
+    pub fn new(inner: Incoming, sse: Option<SseOptions>, log: AccessLog) -> Self {
+        let sse = sse.map(|o| SseState {
+            heartbeat_interval: o.heartbeat_interval,
+            heartbeat: Box::pin(tokio::time::sleep(o.heartbeat_interval)),
+            idle_timeout: o.idle_timeout,
+            idle: Box::pin(tokio::time::sleep(o.idle_timeout)),
+            stop: Box::pin(o.stop),
+            rewriter: o.rewriter,
+            tail: Tail::EventBoundary,
+        });
+        RelayBody {
+            inner,
+            sse,
+            log,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.log.set_outcome(outcome);
+        Poll::Ready(None)
+    }
+
+    fn emit(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.log.add_bytes(data.len());
+        if let Some(s) = &mut self.sse {
+            s.tail = s.tail.after(&data);
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+}
+
+impl HttpBody for RelayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(s) = &mut this.sse
+            && s.stop.as_mut().poll(cx).is_ready()
+        {
+            return this.finish(Outcome::Drained);
+        }
+
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        // Trailers pass through as they are.
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    };
+                    let Some(s) = &mut this.sse else {
+                        return this.emit(data);
+                    };
+                    let now = Instant::now();
+                    s.idle.as_mut().reset(now + s.idle_timeout);
+                    s.heartbeat.as_mut().reset(now + s.heartbeat_interval);
+                    let out = match &mut s.rewriter {
+                        Some(r) => match r.feed(&data) {
+                            Ok(out) => out,
+                            Err(e) => {
+                                tracing::warn!(request_id = %this.log.request_id(), error = %e, "ending legacy SSE stream");
+                                return this.finish(Outcome::UpstreamError);
+                            }
+                        },
+                        None => data,
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return this.emit(out);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(
+                        request_id = %this.log.request_id(),
+                        error = %crate::upstream::error_chain(&e),
+                        "upstream failed mid-response"
+                    );
+                    if this.sse.is_some() {
+                        return this.finish(Outcome::UpstreamError);
+                    }
+                    this.done = true;
+                    this.log.set_outcome(Outcome::UpstreamError);
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(None) => {
+                    if let Some(rest) = this
+                        .sse
+                        .as_mut()
+                        .and_then(|s| s.rewriter.as_mut())
+                        .map(EndpointRewriter::finish)
+                        && !rest.is_empty()
+                    {
+                        // Emit the tail now; the next poll sees `None` again and finishes.
+                        return this.emit(rest);
+                    }
+                    return this.finish(Outcome::Complete);
+                }
+                Poll::Pending => break,
+            }
+        }
+
+        let Some(s) = &mut this.sse else {
+            return Poll::Pending;
+        };
+        if s.idle.as_mut().poll(cx).is_ready() {
+            tracing::info!(request_id = %this.log.request_id(), "ending SSE stream: upstream idle");
+            return this.finish(Outcome::IdleTimeout);
+        }
+        ready!(s.heartbeat.as_mut().poll(cx));
+        s.heartbeat
+            .as_mut()
+            .reset(Instant::now() + s.heartbeat_interval);
+        // Register the renewed timer with this task before returning.
+        let _ = s.heartbeat.as_mut().poll(cx);
+        let beat = match s.tail {
+            Tail::EventBoundary => HEARTBEAT_AT_EVENT_BOUNDARY,
+            Tail::LineBoundary => HEARTBEAT_IN_EVENT,
+            // Mid-line a comment would corrupt the event; wait for the next interval.
+            Tail::MidLine => return Poll::Pending,
+        };
+        this.emit(Bytes::from_static(beat))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Heartbeats and rewrites change the length of SSE bodies.
+        if self.sse.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tail;
+
+    #[test]
+    fn tail_tracks_sse_boundaries() {
+        let t = Tail::EventBoundary;
+        assert!(t.after(b"data: x") == Tail::MidLine);
+        assert!(t.after(b"data: x\n") == Tail::LineBoundary);
+        assert!(t.after(b"data: x\n\n") == Tail::EventBoundary);
+        assert!(t.after(b"data: x\r\n\r\n") == Tail::EventBoundary);
+        assert!(t.after(b"data: x\r\n") == Tail::LineBoundary);
+        assert!(t.after(b"data: x\r\r") == Tail::EventBoundary);
+        // A blank line split across chunks.
+        assert!(Tail::LineBoundary.after(b"\n") == Tail::EventBoundary);
+        assert!(Tail::LineBoundary.after(b"\r\n") == Tail::EventBoundary);
+        assert!(Tail::MidLine.after(b"\n") == Tail::LineBoundary);
+        assert!(t.after(b"") == Tail::EventBoundary);
+    }
+}

@@ -1,0 +1,152 @@
+//! Logs: subscriber set-up and the access log (one structured line per request, written when
+//! the response has been fully sent, failed, or abandoned by the client).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::HeaderValue;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `RUST_LOG` overrides `level`.
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // try_init: a second call (tests, demo) keeps the first subscriber instead of panicking.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response fully sent.
+    Complete,
+    /// Client went away before the response was complete.
+    ClientClosed,
+    /// Upstream failed after the response head.
+    UpstreamError,
+    /// SSE stream ended after upstream silence.
+    IdleTimeout,
+    /// Stream ended by shutdown.
+    Drained,
+    /// The proxy answered itself (see `error`).
+    Refused,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::Drained => "drained",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// Access-log record of one request; written once, when dropped.
+pub struct AccessLog {
+    start: Instant,
+    request_id: HeaderValue,
+    client: SocketAddr,
+    method: http::Method,
+    path: String,
+    route: Option<std::sync::Arc<str>>,
+    upstream: Option<String>,
+    mcp_method: Option<HeaderValue>,
+    status: u16,
+    bytes: u64,
+    outcome: Option<Outcome>,
+    error: Option<&'static str>,
+}
+
+impl AccessLog {
+    /// Starts a record for a request.
+    pub fn new(request_id: HeaderValue, client: SocketAddr, method: http::Method, path: &str) -> Self {
+        AccessLog {
+            start: Instant::now(),
+            request_id,
+            client,
+            method,
+            path: path.to_owned(),
+            route: None,
+            upstream: None,
+            mcp_method: None,
+            status: 0,
+            bytes: 0,
+            outcome: None,
+            error: None,
+        }
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// Records the matched route.
+    pub fn set_route(&mut self, route: std::sync::Arc<str>) {
+        self.route = Some(route);
+    }
+
+    /// Records the chosen upstream endpoint.
+    pub fn set_upstream(&mut self, upstream: &http::Uri) {
+        self.upstream = Some(upstream.to_string());
+    }
+
+    /// Records the MCP method, when the request names it.
+    pub fn set_mcp_method(&mut self, method: Option<&HeaderValue>) {
+        self.mcp_method = method.cloned();
+    }
+
+    /// Records the status sent to the client.
+    pub fn set_status(&mut self, status: http::StatusCode) {
+        self.status = status.as_u16();
+    }
+
+    /// Records a refusal by the proxy itself.
+    pub fn set_error(&mut self, kind: &'static str) {
+        self.error = Some(kind);
+        self.outcome = Some(Outcome::Refused);
+    }
+
+    /// Counts bytes sent to the client.
+    pub fn add_bytes(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    /// Records how the response ended.
+    pub fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        // No outcome recorded means hyper dropped the body early: the client left.
+        let outcome = self.outcome.unwrap_or(Outcome::ClientClosed);
+        tracing::info!(
+            target: "access",
+            request_id = %self.request_id(),
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            route = self.route.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            mcp_method = self.mcp_method.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            outcome = outcome.as_str(),
+            error = self.error.unwrap_or("-"),
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The upstream side of a route: a pooled HTTP(S) client, the route's endpoints, round-robin
+//! selection, and session affinity.
+//!
+//! Affinity is carried in the session id itself rather than in a table: the proxy prefixes the
+//! backend's `Mcp-Session-Id` with a short tag naming the endpoint that issued it. Any proxy
+//! instance can then route the session without shared memory, and reordering endpoints in the
+//! config does not break live sessions because the tag is derived from the endpoint's URL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::certs::{self, CertError};
+use crate::config::{Route, UpstreamSettings};
+use crate::http::Body;
+use crate::http::error::ProxyError;
+
+/// One upstream endpoint of a route.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Full upstream URL of the MCP endpoint.
+    pub uri: Uri,
+    /// `Host` value sent upstream (the endpoint's authority).
+    pub host: HeaderValue,
+    /// Stable affinity tag: 8 hex digits derived from the URL.
+    pub tag: [u8; 8],
+}
+
+/// Why an upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    /// CA or client certificate unusable.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// rustls rejected the client configuration.
+    #[error("upstream TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// Two endpoints hash to the same affinity tag (astronomically unlikely, but checked).
+    #[error("upstreams {0} and {1} share an affinity tag; change one URL (e.g. add a trailing path segment)")]
+    TagCollision(String, String),
+}
+
+/// Client, endpoints and selection state for one route.
+pub struct Upstreams {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    response_header_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstreams {
+    /// Builds the pooled client and endpoint list for `route`.
+    pub fn new(route: &Route) -> Result<Self, UpstreamSetupError> {
+        let client = build_client(&route.upstream)?;
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(route.upstreams.len());
+        for uri in &route.upstreams {
+            let tag = affinity_tag(uri);
+            if let Some(other) = endpoints.iter().find(|e| e.tag == tag) {
+                return Err(UpstreamSetupError::TagCollision(
+                    other.uri.to_string(),
+                    uri.to_string(),
+                ));
+            }
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            endpoints.push(Endpoint {
+                uri: uri.clone(),
+                // Validated as part of a parsed URI, so always a legal header value.
+                host: HeaderValue::from_str(authority)
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                tag,
+            });
+        }
+        Ok(Upstreams {
+            client,
+            endpoints,
+            next: AtomicUsize::new(0),
+            response_header_timeout: route.upstream.response_header_timeout,
+        })
+    }
+
+    /// The endpoints, in configured order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Next endpoint in round-robin order.
+    pub fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()
+    }
+
+    /// Endpoint owning a tagged session id, and the backend's own id within it.
+    pub fn by_session<'a>(&self, tagged: &'a [u8]) -> Option<(usize, &'a [u8])> {
+        let (tag, rest) = tagged.split_at_checked(9)?;
+        if tag[8] != b'.' || rest.is_empty() {
+            return None;
+        }
+        let idx = self.endpoints.iter().position(|e| e.tag == tag[..8])?;
+        Some((idx, rest))
+    }
+
+    /// The session id clients see for a backend session on endpoint `idx`.
+    pub fn tag_session(&self, idx: usize, backend_id: &HeaderValue) -> Option<HeaderValue> {
+        let mut v = Vec::with_capacity(9 + backend_id.len());
+        v.extend_from_slice(&self.endpoints[idx].tag);
+        v.push(b'.');
+        v.extend_from_slice(backend_id.as_bytes());
+        HeaderValue::from_bytes(&v).ok()
+    }
+
+    /// Sends `req` and waits for the response head within the configured timeout.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                if is_timeout(&e) {
+                    Err(ProxyError::UpstreamTimeout)
+                } else {
+                    tracing::warn!(error = %error_chain(&e), "upstream request failed");
+                    Err(ProxyError::UpstreamUnavailable)
+                }
+            }
+        }
+    }
+}
+
+fn build_client(
+    settings: &UpstreamSettings,
+) -> Result<Client<HttpsConnector<HttpConnector>, Body>, UpstreamSetupError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?;
+    let tls = match &settings.tls {
+        Some(t) => {
+            let roots = certs::load_ca_bundle(&t.ca)?;
+            let b = builder.with_root_certificates(roots);
+            match (&t.client_cert, &t.client_key) {
+                (Some(cert), Some(key)) => {
+                    let pair = certs::load_pair(cert, key)?;
+                    b.with_client_auth_cert(
+                        pair.certified.cert.clone(),
+                        certs::read_private_key(key)?,
+                    )?
+                }
+                _ => b.with_no_client_auth(),
+            }
+        }
+        // Plain-HTTP routes never use TLS; an empty trust store makes any https:// slip fail closed.
+        None => builder
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .build(connector))
+}
+
+/// 8 lower-case hex digits of FNV-1a over the URL: stable across processes and restarts,
+/// unlike `std`'s randomly seeded hasher.
+fn affinity_tag(uri: &Uri) -> [u8; 8] {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in uri.to_string().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let mut out = [0u8; 8];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let nibble = (h >> (28 - 4 * i)) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    out
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Renders an error with all its causes, for operators.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_is_stable_hex() {
+        let uri: Uri = "http://127.0.0.1:9000/mcp".parse().unwrap();
+        let a = affinity_tag(&uri);
+        assert_eq!(a, affinity_tag(&uri));
+        assert!(a.iter().all(|b| b.is_ascii_hexdigit()));
+        let other: Uri = "http://127.0.0.1:9001/mcp".parse().unwrap();
+        assert_ne!(a, affinity_tag(&other));
+    }
+}
