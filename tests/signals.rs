@@ -1,0 +1,155 @@
+//! The real binary under a real SIGTERM: in-flight work finishes, streams end by the drain
+//! deadline, new connections are refused, and the process exits 0.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{Pki, raw};
+
+struct Proxy {
+    child: Child,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("proxy did not start listening on {port}");
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_exits_zero() {
+    // A backend whose POST answers stream for ~1s and finish; GET streams never finish.
+    let backend = raw::serve(|req: http::Request<hyper::body::Incoming>| async move {
+        let (tx, body) = raw::channel_body();
+        let finite = req.method() == http::Method::POST;
+        tokio::spawn(async move {
+            for i in 0.. {
+                if finite && i == 10 {
+                    let _ = tx.send(Ok(Bytes::from_static(b"data: done\n\n"))).await;
+                    return;
+                }
+                if tx.send(Ok(Bytes::from_static(b"data: tick\n\n"))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        raw::sse(body)
+    })
+    .await;
+
+    let pki = Pki::new();
+    let port = free_port();
+    let config = pki.dir.path().join("mcp-edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[listener]
+bind = "127.0.0.1:{port}"
+public_url = "https://localhost:{port}"
+[listener.tls]
+cert = "server.pem"
+key = "server.key"
+[shutdown]
+drain_timeout = "5s"
+[log]
+format = "json"
+[[routes]]
+path = "/mcp"
+upstream = "http://{}/mcp"
+"#,
+            backend.addr
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let mut proxy = Proxy { child };
+    wait_listening(port).await;
+
+    let ca = reqwest::Certificate::from_pem(pki.ca.cert_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{port}/mcp");
+    let mut get = client.get(&url).send().await.unwrap();
+    let post = client.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    assert!(get.chunk().await.unwrap().is_some());
+
+    sigterm(&proxy.child);
+
+    // The in-flight call completes in full.
+    let text = tokio::time::timeout(Duration::from_secs(10), post.text())
+        .await
+        .expect("POST finishes within the drain window")
+        .expect("POST body intact");
+    assert!(text.ends_with("data: done\n\n"), "call was cut short: {text:?}");
+    // The GET stream was ended for the client to resume elsewhere.
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(c) = get.chunk().await.transpose() {
+            c.expect("clean end");
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "GET stream ends during drain");
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = proxy.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut e) = proxy.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        (status, stderr)
+    });
+    let (status, stderr) = tokio::time::timeout(Duration::from_secs(15), status)
+        .await
+        .expect("process exits after draining")
+        .unwrap();
+    assert!(status.unwrap().success(), "exit status: {stderr}");
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(stderr.contains("\"outcome\":\"complete\""), "access log written: {stderr}");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "no listener after exit"
+    );
+}
