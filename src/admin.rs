@@ -15,7 +15,9 @@ use crate::shutdown::Shutdown;
 
 /// Serves `/healthz` and `/readyz` until draining starts.
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown, tasks: TaskTracker) {
-    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
     loop {
         let (tcp, _) = tokio::select! {
             () = shutdown.deadline().cancelled() => break,

@@ -68,7 +68,8 @@ impl Running {
 /// Builds everything from `config`, binds the listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let (resolver, _certs) = tls::load_resolver(&config.listener.tls).map_err(TlsSetupError::from)?;
+    let (resolver, _certs) =
+        tls::load_resolver(&config.listener.tls).map_err(TlsSetupError::from)?;
     let server_config = tls::server_config(Arc::new(resolver), config.listener.tls.allow_tls12)?;
     let gateway = Gateway::new(config.clone())?;
 
@@ -105,7 +106,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     if let Some(admin) = admin {
-        tasks.spawn(crate::admin::run(admin, proxy.clone(), shutdown.clone(), tasks.clone()));
+        tasks.spawn(crate::admin::run(
+            admin,
+            proxy.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
     }
     tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "mcp-edge listening");
     Ok(Running {

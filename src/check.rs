@@ -39,10 +39,10 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
         cfg.listener.bind, cfg.listener.public_url, cfg.listener.max_connections
     );
     for c in &certs {
-        let days = c
-            .info
-            .time_left(now)
-            .map_or_else(|| "EXPIRED".to_owned(), |d| format!("{} days left", d.as_secs() / 86_400));
+        let days = c.info.time_left(now).map_or_else(
+            || "EXPIRED".to_owned(),
+            |d| format!("{} days left", d.as_secs() / 86_400),
+        );
         let _ = writeln!(
             out,
             "certificate: {} names=[{}] not_after={} ({days})",

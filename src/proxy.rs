@@ -15,9 +15,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::config::{Config, Transport};
+use crate::http::Body;
 use crate::http::error::ProxyError;
 use crate::http::headers::{self, MCP_METHOD, MCP_SESSION_ID, X_ACCEL_BUFFERING, X_REQUEST_ID};
-use crate::http::Body;
 use crate::shutdown::Shutdown;
 use crate::sse::legacy::{EndpointRewriter, LegacySessions};
 use crate::sse::{RelayBody, SseOptions};
@@ -107,7 +107,12 @@ impl Proxy {
     /// Handles one client request; never fails (errors become responses).
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let request_id = headers::request_id(req.headers());
-        let mut log = AccessLog::new(request_id.clone(), client, req.method().clone(), req.uri().path());
+        let mut log = AccessLog::new(
+            request_id.clone(),
+            client,
+            req.method().clone(),
+            req.uri().path(),
+        );
         log.set_mcp_method(req.headers().get(MCP_METHOD));
         let gw = self.gateway.load_full();
 
@@ -176,11 +181,12 @@ impl Proxy {
         log.set_upstream(&endpoint.uri);
 
         // 5. Upstream request.
-        let original_host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
         headers::set_forwarded(h, client.ip(), original_host.as_ref());
@@ -191,7 +197,8 @@ impl Proxy {
         h.remove(header::ACCEPT_ENCODING);
         parts.uri = target.uri;
         parts.version = http::Version::HTTP_11;
-        let body: Body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync();
+        let body: Body =
+            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync();
         let upstream_req = Request::from_parts(parts, body);
 
         let mut resp = route.upstreams.send(upstream_req).await?;
@@ -214,7 +221,11 @@ impl Proxy {
         let is_sse = h
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
         if !is_sse {
             return Ok((resp, None));
         }
@@ -262,12 +273,15 @@ impl Proxy {
                 let mut ids = parts.headers.get_all(MCP_SESSION_ID).iter();
                 let (first, second) = (ids.next(), ids.next());
                 if second.is_some() {
-                    return Err(ProxyError::BadRequest("more than one Mcp-Session-Id header"));
+                    return Err(ProxyError::BadRequest(
+                        "more than one Mcp-Session-Id header",
+                    ));
                 }
                 let endpoint = match first {
                     Some(tagged) => {
-                        let (idx, backend_id) =
-                            ups.by_session(tagged.as_bytes()).ok_or(ProxyError::UnknownSession)?;
+                        let (idx, backend_id) = ups
+                            .by_session(tagged.as_bytes())
+                            .ok_or(ProxyError::UnknownSession)?;
                         let backend_id = HeaderValue::from_bytes(backend_id)
                             .map_err(|_| ProxyError::UnknownSession)?;
                         parts.headers.insert(MCP_SESSION_ID, backend_id);

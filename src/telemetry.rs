@@ -14,10 +14,16 @@ pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // try_init: a second call (tests, demo) keeps the first subscriber instead of panicking.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -70,7 +76,12 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Starts a record for a request.
-    pub fn new(request_id: HeaderValue, client: SocketAddr, method: http::Method, path: &str) -> Self {
+    pub fn new(
+        request_id: HeaderValue,
+        client: SocketAddr,
+        method: http::Method,
+        path: &str,
+    ) -> Self {
         AccessLog {
             start: Instant::now(),
             request_id,

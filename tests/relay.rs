@@ -58,7 +58,10 @@ async fn request_and_response_headers_are_rewritten() {
             .header("x-forwarded-for", "6.6.6.6")
             .header("forwarded", "for=6.6.6.6")
             .header("x-request-id", "req-42")
-            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
             .header("mcp-protocol-version", "2026-07-28")
             .header("mcp-method", "tools/call")
             .header("mcp-name", "add")
@@ -73,21 +76,38 @@ async fn request_and_response_headers_are_rewritten() {
         assert_eq!(resp.status(), 200);
         assert_eq!(
             resp.version(),
-            if h1 { http::Version::HTTP_11 } else { http::Version::HTTP_2 }
+            if h1 {
+                http::Version::HTTP_11
+            } else {
+                http::Version::HTTP_2
+            }
         );
         assert_eq!(resp.headers()["x-request-id"], "req-42");
-        assert!(resp.headers().get("x-internal").is_none(), "Connection-listed header leaked");
-        let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        assert!(
+            resp.headers().get("x-internal").is_none(),
+            "Connection-listed header leaked"
+        );
+        let sid = resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let (tag, rest) = sid.split_once('.').expect("session id is tagged");
         assert_eq!(tag.len(), 8);
         assert_eq!(rest, "backend-session-1");
 
         let seen: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(seen["host"], backend.addr.to_string(), "Host rewritten to upstream");
+        assert_eq!(
+            seen["host"],
+            backend.addr.to_string(),
+            "Host rewritten to upstream"
+        );
         assert_eq!(seen["uri"], "/internal/mcp?trace=1");
         assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "client XFF replaced");
         assert_eq!(seen["x-forwarded-proto"], "https");
-        assert_eq!(seen["x-forwarded-host"], format!("localhost:{}", proxy.addr.port()));
+        assert_eq!(
+            seen["x-forwarded-host"],
+            format!("localhost:{}", proxy.addr.port())
+        );
         assert!(seen.get("forwarded").is_none());
         assert_eq!(seen["x-request-id"], "req-42");
         assert_eq!(
@@ -124,10 +144,18 @@ async fn generated_request_id_when_absent_and_session_id_untagged_back() {
     .await;
     let proxy = start_proxy(&route("/mcp", &format!("http://{}/mcp", backend.addr))).await;
     let client = proxy.client(false);
-    let first = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let first = client
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let rid = first.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(rid.len(), 32);
-    let sid = first.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let sid = first.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(first.text().await.unwrap(), format!("|{rid}"));
 
     let second = client
@@ -138,7 +166,10 @@ async fn generated_request_id_when_absent_and_session_id_untagged_back() {
         .await
         .unwrap();
     let body = second.text().await.unwrap();
-    assert!(body.starts_with("s-1|"), "backend must see its own session id, got {body}");
+    assert!(
+        body.starts_with("s-1|"),
+        "backend must see its own session id, got {body}"
+    );
 }
 
 async fn assert_json_rpc_error(resp: reqwest::Response, status: u16) -> serde_json::Value {
@@ -148,7 +179,11 @@ async fn assert_json_rpc_error(resp: reqwest::Response, status: u16) -> serde_js
     assert_eq!(body["jsonrpc"], "2.0");
     assert!(body.get("id").is_none(), "proxy errors carry no id: {body}");
     assert!(body["error"]["code"].is_i64());
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     body
 }
 
@@ -156,9 +191,18 @@ async fn assert_json_rpc_error(resp: reqwest::Response, status: u16) -> serde_js
 async fn backend_down_is_502_json() {
     let dead = raw::dead_address().await;
     let proxy = start_proxy(&route("/mcp", &format!("http://{dead}/mcp"))).await;
-    let resp = proxy.client(false).post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let resp = proxy
+        .client(false)
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let body = assert_json_rpc_error(resp, 502).await;
-    assert!(!body.to_string().contains(&dead.to_string()), "backend address leaked: {body}");
+    assert!(
+        !body.to_string().contains(&dead.to_string()),
+        "backend address leaked: {body}"
+    );
 }
 
 #[tokio::test]
@@ -169,7 +213,13 @@ async fn backend_that_never_answers_is_504_json() {
         route("/mcp", &format!("http://{}/mcp", hole.addr))
     ))
     .await;
-    let resp = proxy.client(true).post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let resp = proxy
+        .client(true)
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_json_rpc_error(resp, 504).await;
 }
 
@@ -210,10 +260,18 @@ async fn unknown_path_method_session_and_oversized_body_are_refused() {
         .await
         .unwrap();
     assert_json_rpc_error(resp, 404).await;
-    let resp = c.post(proxy.url("/mcp")).body(vec![b'x'; 2048]).send().await.unwrap();
+    let resp = c
+        .post(proxy.url("/mcp"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
     assert_json_rpc_error(resp, 413).await;
 
-    assert!(hits.try_recv().is_err(), "no refused request may reach the backend");
+    assert!(
+        hits.try_recv().is_err(),
+        "no refused request may reach the backend"
+    );
     // And a normal request does.
     let resp = c.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -256,7 +314,11 @@ async fn sse_events_are_relayed_one_by_one_without_buffering() {
             assert_eq!(got, event.as_bytes());
         }
         drop(tx);
-        assert_eq!(next_chunk(&mut resp).await, None, "stream ends when upstream ends");
+        assert_eq!(
+            next_chunk(&mut resp).await,
+            None,
+            "stream ends when upstream ends"
+        );
     }
 }
 
@@ -277,13 +339,20 @@ async fn heartbeat_fills_silence_without_splitting_events_and_idle_limit_ends_st
         route("/mcp", &format!("http://{}/mcp", backend.addr))
     ))
     .await;
-    let mut resp = proxy.client(false).get(proxy.url("/mcp")).send().await.unwrap();
+    let mut resp = proxy
+        .client(false)
+        .get(proxy.url("/mcp"))
+        .send()
+        .await
+        .unwrap();
     let tx = streams.recv().await.unwrap();
 
     // Silence at an event boundary: a full comment event.
     assert_eq!(next_chunk(&mut resp).await.unwrap(), ": keep-alive\n\n");
     // Half a line, then silence: no heartbeat may be inserted mid-line.
-    tx.send(Ok(Bytes::from_static(b"data: {\"half"))).await.unwrap();
+    tx.send(Ok(Bytes::from_static(b"data: {\"half")))
+        .await
+        .unwrap();
     assert_eq!(next_chunk(&mut resp).await.unwrap(), "data: {\"half");
     tx.send(Ok(Bytes::from_static(b"\":1}\n"))).await.unwrap();
     assert_eq!(next_chunk(&mut resp).await.unwrap(), "\":1}\n");
@@ -298,7 +367,10 @@ async fn heartbeat_fills_silence_without_splitting_events_and_idle_limit_ends_st
         assert_eq!(chunk, ": keep-alive\n\n");
         beats += 1;
     }
-    assert!(beats >= 2, "expected several heartbeats before the idle limit, got {beats}");
+    assert!(
+        beats >= 2,
+        "expected several heartbeats before the idle limit, got {beats}"
+    );
     drop(tx);
 }
 
@@ -316,12 +388,21 @@ async fn upstream_death_mid_stream_ends_the_client_stream_cleanly() {
     .await;
     let proxy = start_proxy(&route("/mcp", &format!("http://{}/mcp", backend.addr))).await;
     for h1 in [true, false] {
-        let mut resp = proxy.client(h1).get(proxy.url("/mcp")).send().await.unwrap();
+        let mut resp = proxy
+            .client(h1)
+            .get(proxy.url("/mcp"))
+            .send()
+            .await
+            .unwrap();
         let tx = streams.recv().await.unwrap();
-        tx.send(Ok(Bytes::from_static(b"data: 1\n\n"))).await.unwrap();
+        tx.send(Ok(Bytes::from_static(b"data: 1\n\n")))
+            .await
+            .unwrap();
         assert_eq!(next_chunk(&mut resp).await.unwrap(), "data: 1\n\n");
         // The backend's body fails: hyper aborts the upstream connection mid-stream.
-        tx.send(Err(std::io::Error::other("backend crashed"))).await.unwrap();
+        tx.send(Err(std::io::Error::other("backend crashed")))
+            .await
+            .unwrap();
         // The client sees an orderly end of stream, not an error and not a hang.
         assert_eq!(next_chunk(&mut resp).await, None);
     }
@@ -332,7 +413,9 @@ async fn upstream_death_mid_json_body_is_an_error_not_a_short_answer() {
     let backend = raw::serve(|_req| async move {
         let (tx, body) = raw::channel_body();
         tokio::spawn(async move {
-            let _ = tx.send(Ok(Bytes::from_static(b"{\"jsonrpc\":\"2.0\","))).await;
+            let _ = tx
+                .send(Ok(Bytes::from_static(b"{\"jsonrpc\":\"2.0\",")))
+                .await;
             let _ = tx.send(Err(std::io::Error::other("backend crashed"))).await;
         });
         Response::builder()
@@ -345,11 +428,20 @@ async fn upstream_death_mid_json_body_is_an_error_not_a_short_answer() {
     for h1 in [true, false] {
         // The abort may land before or after the head reaches the client; either way the
         // client must get an error, never a short body that looks complete.
-        let result = match proxy.client(h1).post(proxy.url("/mcp")).body("{}").send().await {
+        let result = match proxy
+            .client(h1)
+            .post(proxy.url("/mcp"))
+            .body("{}")
+            .send()
+            .await
+        {
             Ok(resp) => resp.bytes().await.map(|_| ()),
             Err(e) => Err(e),
         };
-        assert!(result.is_err(), "a truncated JSON body must not look complete (h1={h1})");
+        assert!(
+            result.is_err(),
+            "a truncated JSON body must not look complete (h1={h1})"
+        );
     }
 }
 
@@ -366,7 +458,11 @@ async fn client_disconnect_cancels_the_upstream_request() {
                 let _ = started_tx.send(());
                 // Emit until the proxy drops the upstream body: that is the cancellation.
                 loop {
-                    if tx.send(Ok(Bytes::from_static(b"data: tick\n\n"))).await.is_err() {
+                    if tx
+                        .send(Ok(Bytes::from_static(b"data: tick\n\n")))
+                        .await
+                        .is_err()
+                    {
                         let _ = closed_tx.send(());
                         return;
                     }
@@ -380,7 +476,12 @@ async fn client_disconnect_cancels_the_upstream_request() {
     let proxy = start_proxy(&route("/mcp", &format!("http://{}/mcp", backend.addr))).await;
     for h1 in [true, false] {
         let client = proxy.client(h1);
-        let mut resp = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+        let mut resp = client
+            .post(proxy.url("/mcp"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         started.recv().await.unwrap();
         assert_eq!(next_chunk(&mut resp).await.unwrap(), "data: tick\n\n");
         drop(resp);
@@ -395,15 +496,17 @@ async fn client_disconnect_cancels_the_upstream_request() {
 #[tokio::test]
 async fn round_robin_spreads_new_sessions_and_affinity_keeps_them() {
     let make = |name: &'static str| {
-        raw::serve(move |req: http::Request<hyper::body::Incoming>| async move {
-            let sid = req.headers().get("mcp-session-id").cloned();
-            let mut b = Response::builder();
-            match sid {
-                None => b = b.header("mcp-session-id", format!("{name}-session")),
-                Some(s) => assert_eq!(s.to_str().unwrap(), format!("{name}-session")),
-            }
-            b.body(raw::full(name)).unwrap()
-        })
+        raw::serve(
+            move |req: http::Request<hyper::body::Incoming>| async move {
+                let sid = req.headers().get("mcp-session-id").cloned();
+                let mut b = Response::builder();
+                match sid {
+                    None => b = b.header("mcp-session-id", format!("{name}-session")),
+                    Some(s) => assert_eq!(s.to_str().unwrap(), format!("{name}-session")),
+                }
+                b.body(raw::full(name)).unwrap()
+            },
+        )
     };
     let (a, b) = (make("a").await, make("b").await);
     let proxy = start_proxy(&format!(
@@ -430,7 +533,11 @@ async fn round_robin_spreads_new_sessions_and_affinity_keeps_them() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200);
-            assert_eq!(&r.text().await.unwrap(), owner, "session stays on its upstream");
+            assert_eq!(
+                &r.text().await.unwrap(),
+                owner,
+                "session stays on its upstream"
+            );
         }
     }
 }
@@ -440,7 +547,11 @@ async fn drain_ends_get_streams_at_once_and_post_streams_at_the_deadline() {
     let backend = raw::serve(|_req| async move {
         let (tx, body) = raw::channel_body();
         tokio::spawn(async move {
-            while tx.send(Ok(Bytes::from_static(b"data: tick\n\n"))).await.is_ok() {
+            while tx
+                .send(Ok(Bytes::from_static(b"data: tick\n\n")))
+                .await
+                .is_ok()
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -454,7 +565,12 @@ async fn drain_ends_get_streams_at_once_and_post_streams_at_the_deadline() {
     .await;
     let client = proxy.client(true);
     let mut get = client.get(proxy.url("/mcp")).send().await.unwrap();
-    let mut post = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let mut post = client
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     next_chunk(&mut get).await.unwrap();
     next_chunk(&mut post).await.unwrap();
 
@@ -478,7 +594,10 @@ async fn drain_ends_get_streams_at_once_and_post_streams_at_the_deadline() {
         post_chunks_after > get_chunks_after + 3,
         "POST stream should outlive the GET stream: get={get_chunks_after} post={post_chunks_after}"
     );
-    tokio::time::timeout(PROMPTLY, done_rx).await.unwrap().unwrap();
+    tokio::time::timeout(PROMPTLY, done_rx)
+        .await
+        .unwrap()
+        .unwrap();
     // No new connections after shutdown.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

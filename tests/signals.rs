@@ -30,7 +30,10 @@ fn free_port() -> u16 {
 
 async fn wait_listening(port: u16) {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -58,7 +61,11 @@ async fn sigterm_drains_then_exits_zero() {
                     let _ = tx.send(Ok(Bytes::from_static(b"data: done\n\n"))).await;
                     return;
                 }
-                if tx.send(Ok(Bytes::from_static(b"data: tick\n\n"))).await.is_err() {
+                if tx
+                    .send(Ok(Bytes::from_static(b"data: tick\n\n")))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -122,7 +129,10 @@ upstream = "http://{}/mcp"
         .await
         .expect("POST finishes within the drain window")
         .expect("POST body intact");
-    assert!(text.ends_with("data: done\n\n"), "call was cut short: {text:?}");
+    assert!(
+        text.ends_with("data: done\n\n"),
+        "call was cut short: {text:?}"
+    );
     // The GET stream was ended for the client to resume elsewhere.
     let rest = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(c) = get.chunk().await.transpose() {
@@ -147,9 +157,14 @@ upstream = "http://{}/mcp"
         .unwrap();
     assert!(status.unwrap().success(), "exit status: {stderr}");
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
-    assert!(stderr.contains("\"outcome\":\"complete\""), "access log written: {stderr}");
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        stderr.contains("\"outcome\":\"complete\""),
+        "access log written: {stderr}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
         "no listener after exit"
     );
 }

@@ -86,39 +86,71 @@ key = "{}"
 async fn certificate_is_chosen_by_sni_with_default_fallback() {
     let (proxy, _backend) = proxy_with_sni("").await;
     let cfg = client_config(&proxy.pki, &[b"h2"], false);
-    let tls = handshake(proxy.addr, cfg.clone(), "a.example.test").await.unwrap();
+    let tls = handshake(proxy.addr, cfg.clone(), "a.example.test")
+        .await
+        .unwrap();
     assert_eq!(peer_names(&tls), ["DNSName(a.example.test)"]);
-    let tls = handshake(proxy.addr, cfg.clone(), "x.tenants.example.test").await.unwrap();
+    let tls = handshake(proxy.addr, cfg.clone(), "x.tenants.example.test")
+        .await
+        .unwrap();
     assert_eq!(peer_names(&tls), ["DNSName(*.tenants.example.test)"]);
-    let tls = handshake(proxy.addr, cfg.clone(), "localhost").await.unwrap();
+    let tls = handshake(proxy.addr, cfg.clone(), "localhost")
+        .await
+        .unwrap();
     assert!(peer_names(&tls).contains(&"DNSName(localhost)".to_owned()));
     // Unknown names get the default certificate, which the client then rejects by name.
-    assert!(handshake(proxy.addr, cfg, "unknown.example.test").await.is_err());
+    assert!(
+        handshake(proxy.addr, cfg, "unknown.example.test")
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
 async fn alpn_and_versions() {
     let (proxy, _backend) = proxy_with_sni("").await;
-    let tls = handshake(proxy.addr, client_config(&proxy.pki, &[b"h2", b"http/1.1"], false), "localhost")
-        .await
-        .unwrap();
+    let tls = handshake(
+        proxy.addr,
+        client_config(&proxy.pki, &[b"h2", b"http/1.1"], false),
+        "localhost",
+    )
+    .await
+    .unwrap();
     let (_, conn) = tls.get_ref();
     assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
-    assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
-    let tls = handshake(proxy.addr, client_config(&proxy.pki, &[b"http/1.1"], false), "localhost")
-        .await
-        .unwrap();
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let tls = handshake(
+        proxy.addr,
+        client_config(&proxy.pki, &[b"http/1.1"], false),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     // TLS 1.2 is offered by default ...
-    let tls = handshake(proxy.addr, client_config(&proxy.pki, &[b"h2"], true), "localhost")
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let tls = handshake(
+        proxy.addr,
+        client_config(&proxy.pki, &[b"h2"], true),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
     // ... and unknown ALPN protocols are refused rather than silently downgraded.
     assert!(
-        handshake(proxy.addr, client_config(&proxy.pki, &[b"spdy/3"], false), "localhost")
-            .await
-            .is_err()
+        handshake(
+            proxy.addr,
+            client_config(&proxy.pki, &[b"spdy/3"], false),
+            "localhost"
+        )
+        .await
+        .is_err()
     );
 }
 
@@ -131,18 +163,27 @@ async fn tls12_can_be_turned_off() {
         support::listener_toml(&pki),
         route("/mcp", &format!("http://{}/mcp", backend.addr))
     );
-    let cfg = mcp_edge::config::parse(&text, std::path::Path::new("t.toml"), pki.dir.path()).unwrap();
+    let cfg =
+        mcp_edge::config::parse(&text, std::path::Path::new("t.toml"), pki.dir.path()).unwrap();
     let running = mcp_edge::app::start(cfg).await.unwrap();
     assert!(
-        handshake(running.addr, client_config(&pki, &[b"h2"], true), "localhost")
-            .await
-            .is_err(),
+        handshake(
+            running.addr,
+            client_config(&pki, &[b"h2"], true),
+            "localhost"
+        )
+        .await
+        .is_err(),
         "TLS 1.2 client must be refused when min_version = 1.3"
     );
     assert!(
-        handshake(running.addr, client_config(&pki, &[b"h2"], false), "localhost")
-            .await
-            .is_ok()
+        handshake(
+            running.addr,
+            client_config(&pki, &[b"h2"], false),
+            "localhost"
+        )
+        .await
+        .is_ok()
     );
     running.shutdown.force();
 }
@@ -152,7 +193,9 @@ async fn session_tickets_allow_resumption() {
     let (proxy, _backend) = proxy_with_sni("").await;
     let cfg = client_config(&proxy.pki, &[b"h2"], false);
     for i in 0..2 {
-        let mut tls = handshake(proxy.addr, cfg.clone(), "localhost").await.unwrap();
+        let mut tls = handshake(proxy.addr, cfg.clone(), "localhost")
+            .await
+            .unwrap();
         if i == 1 {
             assert_eq!(
                 tls.get_ref().1.handshake_kind(),
@@ -178,7 +221,8 @@ async fn handshake_deadline_and_connection_cap() {
         ),
         route("/mcp", &format!("http://{}/mcp", backend.addr))
     );
-    let cfg = mcp_edge::config::parse(&text, std::path::Path::new("t.toml"), pki.dir.path()).unwrap();
+    let cfg =
+        mcp_edge::config::parse(&text, std::path::Path::new("t.toml"), pki.dir.path()).unwrap();
     let running = mcp_edge::app::start(cfg).await.unwrap();
 
     // A client that connects and says nothing is dropped at the handshake deadline.
@@ -192,14 +236,25 @@ async fn handshake_deadline_and_connection_cap() {
 
     // Two open connections fill the cap; a third is closed without a handshake.
     let cfg_c = client_config(&pki, &[b"h2"], false);
-    let _a = handshake(running.addr, cfg_c.clone(), "localhost").await.unwrap();
-    let _b = handshake(running.addr, cfg_c.clone(), "localhost").await.unwrap();
-    assert!(handshake(running.addr, cfg_c.clone(), "localhost").await.is_err());
+    let _a = handshake(running.addr, cfg_c.clone(), "localhost")
+        .await
+        .unwrap();
+    let _b = handshake(running.addr, cfg_c.clone(), "localhost")
+        .await
+        .unwrap();
+    assert!(
+        handshake(running.addr, cfg_c.clone(), "localhost")
+            .await
+            .is_err()
+    );
     drop((_a, _b));
     // Permits come back when connections close.
     let mut ok = false;
     for _ in 0..50 {
-        if handshake(running.addr, cfg_c.clone(), "localhost").await.is_ok() {
+        if handshake(running.addr, cfg_c.clone(), "localhost")
+            .await
+            .is_ok()
+        {
             ok = true;
             break;
         }

@@ -23,7 +23,9 @@ pub enum CertError {
         source: std::io::Error,
     },
     /// No PEM `CERTIFICATE` block, or a block that is not valid base64/DER.
-    #[error("{path} holds no usable PEM certificate ({reason}); expected one or more `-----BEGIN CERTIFICATE-----` blocks")]
+    #[error(
+        "{path} holds no usable PEM certificate ({reason}); expected one or more `-----BEGIN CERTIFICATE-----` blocks"
+    )]
     NoCertificate {
         /// File that failed.
         path: PathBuf,
@@ -31,7 +33,9 @@ pub enum CertError {
         reason: String,
     },
     /// No private key block, or one that does not parse.
-    #[error("{path} holds no usable private key ({reason}); expected a PEM PKCS#8, PKCS#1 or SEC1 key")]
+    #[error(
+        "{path} holds no usable private key ({reason}); expected a PEM PKCS#8, PKCS#1 or SEC1 key"
+    )]
     NoKey {
         /// File that failed.
         path: PathBuf,
@@ -47,7 +51,9 @@ pub enum CertError {
         reason: String,
     },
     /// The key's public half differs from the certificate's.
-    #[error("private key {key} does not match certificate {cert}; install the key that was issued with this certificate")]
+    #[error(
+        "private key {key} does not match certificate {cert}; install the key that was issued with this certificate"
+    )]
     KeyMismatch {
         /// Certificate file.
         cert: PathBuf,
@@ -63,7 +69,9 @@ pub enum CertError {
         reason: String,
     },
     /// The certificate does not name a host it is configured to serve.
-    #[error("certificate {path} does not cover `{name}` (its names: {sans}); issue a certificate that includes it or remove the name")]
+    #[error(
+        "certificate {path} does not cover `{name}` (its names: {sans}); issue a certificate that includes it or remove the name"
+    )]
     NameNotCovered {
         /// Certificate file.
         path: PathBuf,

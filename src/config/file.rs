@@ -167,7 +167,10 @@ pub struct UpstreamDefaultsFile {
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Response head deadline.
-    #[serde(default = "defaults::response_header_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "defaults::response_header_timeout",
+        with = "humantime_serde"
+    )]
     pub response_header_timeout: Duration,
     /// Idle pooled connection lifetime.
     #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]

@@ -380,7 +380,10 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
 
     let u = &file.upstream;
     nonzero("upstream.connect_timeout", u.connect_timeout)?;
-    nonzero("upstream.response_header_timeout", u.response_header_timeout)?;
+    nonzero(
+        "upstream.response_header_timeout",
+        u.response_header_timeout,
+    )?;
 
     if file.routes.is_empty() {
         return Err(ConfigError::invalid(
@@ -552,9 +555,7 @@ fn parse_public_url(s: &str) -> Result<Uri, ConfigError> {
             "write the URL clients use, scheme and host only, e.g. \"https://mcp.example.com\"",
         )
     };
-    let uri: Uri = s
-        .parse()
-        .map_err(|_| bad(format!("`{s}` is not a URL")))?;
+    let uri: Uri = s.parse().map_err(|_| bad(format!("`{s}` is not a URL")))?;
     if uri.scheme_str() != Some("https") {
         return Err(bad(format!("`{s}` is not an https:// URL")));
     }

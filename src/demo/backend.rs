@@ -1,12 +1,12 @@
 //! The built-in demo MCP backend.
 //!
 //! A real rmcp server (not a mock) speaking the Streamable HTTP transport at
-//! [`MCP_PATH`], so the proxy can be tried out and integration-tested without
+//! `/mcp`, so the proxy can be tried out and integration-tested without
 //! any external MCP server. It exposes three tools (see [`TOOLS`]); the
 //! `countdown` tool streams notifications while the call is in flight, which
 //! exercises the proxy's SSE relaying.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -30,7 +30,7 @@ use rmcp::{
     },
 };
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// Tool names the demo server exposes (for docs/tests).
@@ -68,31 +68,31 @@ type ResponseBody = BoxBody<Bytes, Infallible>;
 
 /// Arguments of the `echo` tool.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct EchoArgs {
+struct EchoArgs {
     /// Text to send back unchanged.
-    pub text: String,
+    text: String,
 }
 
 /// Arguments of the `add` tool.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct AddArgs {
+struct AddArgs {
     /// First addend.
-    pub a: i64,
+    a: i64,
     /// Second addend.
-    pub b: i64,
+    b: i64,
 }
 
 /// Arguments of the `countdown` tool.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct CountdownArgs {
+struct CountdownArgs {
     /// Number of steps (default 5, at most 50).
     #[serde(default = "default_steps")]
     #[schemars(range(max = 50))]
-    pub steps: u32,
+    steps: u32,
     /// Pause between two steps in milliseconds (default 1000, at most 10000).
     #[serde(default = "default_interval_ms")]
     #[schemars(range(max = 10000))]
-    pub interval_ms: u64,
+    interval_ms: u64,
 }
 
 fn default_steps() -> u32 {
@@ -254,10 +254,7 @@ impl ServerHandler for DemoServer {
             .enable_logging()
             .build();
         ServerConfig::new(capabilities)
-            .with_server_info(Implementation::new(
-                SERVER_NAME,
-                env!("CARGO_PKG_VERSION"),
-            ))
+            .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Demo MCP server bundled with mcp-edge: `echo`, `add` and `countdown` (streams \
                  progress).",
@@ -270,16 +267,17 @@ impl ServerHandler for DemoServer {
 /// The server keeps rmcp's default (legacy) session mode, so `initialize`,
 /// `Mcp-Session-Id`, the standalone `GET` stream and `DELETE` all work; a
 /// request carrying complete 2026-07-28 `_meta` is answered statelessly
-/// without a prior `initialize`. Only loopback `Host` values are accepted.
+/// without a prior `initialize`. Accepted `Host` values: loopback names and
+/// addresses, plus the listener's own IP when it is bound to a specific one.
 ///
 /// Accept errors are logged and retried, so this returns `Ok(())` once
-/// `shutdown` has been cancelled and open connections have drained (or the
-/// drain deadline has passed).
+/// `shutdown` has been cancelled and every connection has closed: open
+/// connections get 5 seconds to finish, then they are dropped.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     // A child token: rmcp cancels it to end its sessions and SSE streams, and
     // must not be able to cancel the caller's token.
     let config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(ALLOWED_HOSTS.iter().copied())
+        .with_allowed_hosts(allowed_hosts(&listener))
         .with_cancellation_token(shutdown.child_token());
     let mcp = StreamableHttpService::new(
         || Ok(DemoServer::new()),
@@ -291,10 +289,16 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::i
     // hyper only enforces its header read timeout when it has a timer.
     builder.http1().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    // Connections live in a JoinSet (not detached tasks) so that none
+    // outlives `serve`: the caller can rely on the port being quiet after it
+    // returns.
+    let mut connections = JoinSet::new();
 
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
+            // Reap finished connections so the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer_addr) = match accepted {
@@ -318,7 +322,7 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::i
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer_addr, "demo backend: connection ended with error");
             }
@@ -333,7 +337,29 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::i
     {
         tracing::debug!("demo backend: drain deadline passed, dropping open connections");
     }
+    connections.shutdown().await;
     Ok(())
+}
+
+/// The `Host` allowlist for rmcp's DNS-rebinding check: [`ALLOWED_HOSTS`]
+/// plus the listener's IP when it is a specific (non-wildcard) address, e.g.
+/// `127.0.0.2` or `10.0.0.5`. An IP literal cannot be rebound, so allowing it
+/// keeps the protection while letting clients (and the proxy, which sends the
+/// upstream authority as `Host`) reach the demo by the address it listens on.
+fn allowed_hosts(listener: &TcpListener) -> Vec<String> {
+    let mut hosts: Vec<String> = ALLOWED_HOSTS.iter().map(|&host| host.to_owned()).collect();
+    if let Ok(addr) = listener.local_addr()
+        && !addr.ip().is_unspecified()
+    {
+        let own = match addr.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        if !hosts.contains(&own) {
+            hosts.push(own);
+        }
+    }
+    hosts
 }
 
 /// Sends `/mcp` to rmcp and answers everything else with 404, so the backend

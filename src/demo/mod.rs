@@ -74,13 +74,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let text = demo_config(opts.bind, backend_addr, &dir);
     let config_path = dir.join("mcp-edge.toml");
-    std::fs::write(&config_path, &text).with_context(|| format!("writing {}", config_path.display()))?;
+    std::fs::write(&config_path, &text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
     let cfg = config::load(&config_path)?;
     crate::telemetry::init(cfg.log.format, &cfg.log.level);
     let public = cfg.listener.public_url.to_string();
     let running = app::start(cfg).await?;
 
-    println!("{}", instructions(&public, &files.ca, &config_path, backend_addr));
+    println!(
+        "{}",
+        instructions(&public, &files.ca, &config_path, backend_addr)
+    );
     let result = app::run_until_signal(running).await;
     backend_stop.cancel();
     let _ = backend.await;

@@ -81,7 +81,10 @@ impl ProxyError {
         let mut resp = Response::new(full(body.to_string()));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let ProxyError::MethodNotAllowed { allow } = self {
             h.insert(header::ALLOW, HeaderValue::from_static(allow));

@@ -51,7 +51,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Replaces any client-sent forwarding headers with the proxy's own view of the request.
-pub fn set_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, original_host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    original_host: Option<&HeaderValue>,
+) {
     headers.remove(FORWARDED);
     headers.remove(X_FORWARDED_HOST);
     // The client's own X-Forwarded-For is not trusted: at a trust boundary it is whatever the
@@ -83,8 +87,9 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 fn is_token(v: &[u8], max: usize) -> bool {
     !v.is_empty()
         && v.len() <= max
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
+        && v.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=')
+        })
 }
 
 /// Whether a `traceparent` value is well-formed W3C trace context (version 00 layout).
@@ -112,7 +117,12 @@ pub fn valid_traceparent(v: &[u8]) -> bool {
 
 /// Drops a `traceparent` that is not valid, so a malformed value never propagates.
 pub fn sanitize_traceparent(headers: &mut HeaderMap) {
-    let valid = match headers.get_all(TRACEPARENT).iter().collect::<Vec<_>>().as_slice() {
+    let valid = match headers
+        .get_all(TRACEPARENT)
+        .iter()
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] => return,
         [one] => valid_traceparent(one.as_bytes()),
         _ => false,
@@ -130,15 +140,24 @@ mod tests {
     #[test]
     fn strips_listed_and_fixed_hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("mcp-session-id", HeaderValue::from_static("abc"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
-        assert_eq!(h.get("mcp-session-id").map(|v| v.as_bytes()), Some(&b"abc"[..]));
+        assert_eq!(
+            h.get("mcp-session-id").map(|v| v.as_bytes()),
+            Some(&b"abc"[..])
+        );
     }
 
     #[test]
@@ -162,7 +181,10 @@ mod tests {
         h.insert(X_REQUEST_ID, HeaderValue::from_static("a b\"<script>"));
         let fresh = request_id(&h);
         assert_eq!(fresh.len(), 32);
-        h.insert(X_REQUEST_ID, HeaderValue::from_str(&"a".repeat(129)).unwrap());
+        h.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(&"a".repeat(129)).unwrap(),
+        );
         assert_eq!(request_id(&h).len(), 32);
     }
 
@@ -170,9 +192,15 @@ mod tests {
     fn traceparent_validation() {
         let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert!(valid_traceparent(good));
-        assert!(!valid_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
-        assert!(!valid_traceparent(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
-        assert!(!valid_traceparent(b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent(
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
         assert!(!valid_traceparent(b"garbage"));
         let mut h = HeaderMap::new();
         h.append(TRACEPARENT, HeaderValue::from_static("garbage"));

@@ -45,7 +45,9 @@ pub async fn serve<IO, S, F>(
 ) -> Result<(), super::BoxError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<http::Request<Incoming>, Response = http::Response<Body>, Future = F> + Send + 'static,
+    S: Service<http::Request<Incoming>, Response = http::Response<Body>, Future = F>
+        + Send
+        + 'static,
     S::Error: Into<super::BoxError>,
     F: Future<Output = Result<http::Response<Body>, S::Error>> + Send + 'static,
 {

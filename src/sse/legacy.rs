@@ -76,7 +76,12 @@ pub struct EndpointRewriter {
 
 impl EndpointRewriter {
     /// A rewriter for a stream opened on `route` against endpoint `endpoint` at `upstream`.
-    pub fn new(sessions: Arc<LegacySessions>, route: Arc<str>, endpoint: usize, upstream: Uri) -> Self {
+    pub fn new(
+        sessions: Arc<LegacySessions>,
+        route: Arc<str>,
+        endpoint: usize,
+        upstream: Uri,
+    ) -> Self {
         let token = format!("{:032x}", rand::random::<u128>());
         EndpointRewriter {
             sessions,
@@ -161,19 +166,22 @@ impl EndpointRewriter {
             }
             u
         } else if announced.starts_with("//")
-            || announced.split('/').next().is_some_and(|first| first.contains(':'))
+            || announced
+                .split('/')
+                .next()
+                .is_some_and(|first| first.contains(':'))
         {
             // Scheme-relative or another scheme: would leave the backend's origin.
             return None;
         } else if announced.starts_with('/') {
-            format!("{base_scheme}://{base_auth}{announced}").parse().ok()?
+            format!("{base_scheme}://{base_auth}{announced}")
+                .parse()
+                .ok()?
         } else {
-            let dir = self
-                .upstream
-                .path()
-                .rsplit_once('/')
-                .map_or("", |(d, _)| d);
-            format!("{base_scheme}://{base_auth}{dir}/{announced}").parse().ok()?
+            let dir = self.upstream.path().rsplit_once('/').map_or("", |(d, _)| d);
+            format!("{base_scheme}://{base_auth}{dir}/{announced}")
+                .parse()
+                .ok()?
         };
         Some(uri)
     }
@@ -196,7 +204,11 @@ fn event_end(buf: &[u8]) -> Option<usize> {
             if b == b'\r' && i + 1 == buf.len() {
                 return None;
             }
-            let next = if b == b'\r' && buf[i + 1] == b'\n' { i + 2 } else { i + 1 };
+            let next = if b == b'\r' && buf[i + 1] == b'\n' {
+                i + 2
+            } else {
+                i + 1
+            };
             if i == line_start {
                 return Some(next);
             }
@@ -242,9 +254,14 @@ mod tests {
     fn endpoint_event_rewritten_and_registered() {
         let sessions = Arc::new(LegacySessions::default());
         let mut r = rewriter(&sessions);
-        let out = r.feed(b"event: endpoint\ndata: /message?sessionId=abc\n\n").unwrap();
+        let out = r
+            .feed(b"event: endpoint\ndata: /message?sessionId=abc\n\n")
+            .unwrap();
         let text = std::str::from_utf8(&out).unwrap();
-        assert!(text.starts_with("event: endpoint\ndata: /sse?sessionId="), "{text}");
+        assert!(
+            text.starts_with("event: endpoint\ndata: /sse?sessionId="),
+            "{text}"
+        );
         assert!(!text.contains("10.0.0.5") && !text.contains("abc"));
         let token = text.trim().rsplit('=').next().unwrap();
         let target = sessions.get(token).unwrap();
@@ -269,8 +286,14 @@ mod tests {
     fn foreign_or_garbage_endpoints_refused() {
         let sessions = Arc::new(LegacySessions::default());
         let mut r = rewriter(&sessions);
-        assert!(r.feed(b"event: endpoint\ndata: http://evil.example/m\n\n").is_err());
-        assert!(r.feed(b"event: endpoint\ndata: //evil.example/m\n\n").is_err());
+        assert!(
+            r.feed(b"event: endpoint\ndata: http://evil.example/m\n\n")
+                .is_err()
+        );
+        assert!(
+            r.feed(b"event: endpoint\ndata: //evil.example/m\n\n")
+                .is_err()
+        );
         assert!(sessions.is_empty());
     }
 

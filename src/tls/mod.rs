@@ -104,7 +104,10 @@ pub enum TlsSetupError {
 
 /// Builds the server configuration: TLS 1.3 (and 1.2 unless disabled), ALPN h2 + http/1.1,
 /// stateless session tickets, no client authentication.
-pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, allow_tls12: bool) -> Result<Arc<ServerConfig>, TlsSetupError> {
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    allow_tls12: bool,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let versions: &[&'static rustls::SupportedProtocolVersion] = if allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]

@@ -43,7 +43,9 @@ pub enum UpstreamSetupError {
     #[error("upstream TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
     /// Two endpoints hash to the same affinity tag (astronomically unlikely, but checked).
-    #[error("upstreams {0} and {1} share an affinity tag; change one URL (e.g. add a trailing path segment)")]
+    #[error(
+        "upstreams {0} and {1} share an affinity tag; change one URL (e.g. add a trailing path segment)"
+    )]
     TagCollision(String, String),
 }
 

@@ -2,7 +2,7 @@
 //! from TOML text (the same config path as production), and clients that trust the test CA.
 #![allow(dead_code)]
 
-// TEMP pub mod backends;
+pub mod backends;
 pub mod raw;
 
 use std::net::SocketAddr;

@@ -1,0 +1,58 @@
+//! Minimal plain-HTTP backend for benchmarks: answers every POST with a fixed JSON-RPC result
+//! and every GET with an SSE stream of small events, so proxy overhead is measured without the
+//! cost of a real MCP server in the way.
+//!
+//! Usage: `cargo run --release --example static_backend -- 127.0.0.1:9100 [event_interval_ms]`
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+const RESULT: &[u8] =
+    br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"5"}],"isError":false}}"#;
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:9100".into());
+    let interval = Duration::from_millis(args.next().and_then(|s| s.parse().ok()).unwrap_or(1000));
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    eprintln!("static backend on {}", listener.local_addr()?);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |req: http::Request<hyper::body::Incoming>| async move {
+                    let resp: http::Response<Body> = if req.method() == http::Method::GET {
+                        let events = futures_util::stream::unfold(0u64, move |n| async move {
+                            tokio::time::sleep(interval).await;
+                            let ev = Bytes::from(format!("id: {n}\ndata: {{\"n\":{n}}}\n\n"));
+                            Some((Ok::<_, Infallible>(Frame::data(ev)), n + 1))
+                        });
+                        http::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(StreamBody::new(events).boxed_unsync())
+                            .unwrap_or_default()
+                    } else {
+                        let _ = req.into_body().collect().await;
+                        http::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(RESULT)).boxed_unsync())
+                            .unwrap_or_default()
+                    };
+                    Ok::<_, Infallible>(resp)
+                },
+            );
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
