@@ -64,6 +64,36 @@ impl DevCa {
     }
 }
 
+impl DevCa {
+    /// Issues a client certificate whose subject common name and URI SAN carry `identity`
+    /// (e.g. a SPIFFE id); used for mTLS to upstreams and, later, client authentication.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        uri_san: Option<&str>,
+    ) -> Result<IssuedCert, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        if let Some(uri) = uri_san {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(
+                    uri,
+                )?));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 /// Files written for the demo.
 pub struct DemoFiles {
     /// CA certificate clients trust.

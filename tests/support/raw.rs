@@ -104,3 +104,48 @@ pub async fn dead_address() -> SocketAddr {
         .expect("bind");
     listener.local_addr().expect("addr")
 }
+
+/// Like [`serve`], over TLS with `config` (which may require client certificates). The handler
+/// also receives the DER of the client's certificate, if one was presented.
+pub async fn serve_tls<F, Fut>(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    handler: F,
+) -> RawBackend
+where
+    F: Fn(Request<Incoming>, Option<Vec<u8>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.to_vec());
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(req, peer.clone());
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    RawBackend { addr, task }
+}
