@@ -209,3 +209,28 @@ mod tests {
         assert!(h.get(TRACEPARENT).is_none() && h.get("tracestate").is_none());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn header_parsers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = valid_traceparent(&bytes);
+            let _ = is_token(&bytes, 128);
+            if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                let mut h = HeaderMap::new();
+                h.insert(X_REQUEST_ID, v.clone());
+                h.insert(TRACEPARENT, v.clone());
+                h.insert(header::CONNECTION, v);
+                let id = request_id(&h);
+                prop_assert!(is_token(id.as_bytes(), 128));
+                sanitize_traceparent(&mut h);
+                strip_hop_by_hop(&mut h);
+                prop_assert!(h.get(header::CONNECTION).is_none());
+            }
+        }
+    }
+}

@@ -107,9 +107,19 @@ impl EndpointRewriter {
         Ok(out.freeze())
     }
 
-    /// Whatever is left when the upstream ends (an unterminated last event).
+    /// Called when the upstream ends: a last event that is complete only now (bare-CR line
+    /// ends, where a final CR could not be told from half a CRLF) is rewritten and returned;
+    /// an unterminated tail is dropped, as SSE clients discard it anyway, so an unfinished
+    /// `endpoint` event can never slip through unrewritten.
     pub fn finish(&mut self) -> Bytes {
-        self.pending.split().freeze()
+        let pending = self.pending.split();
+        let mut out = BytesMut::new();
+        if event_end_at_eof(&pending) == Some(pending.len())
+            && self.rewrite_into(&pending, &mut out).is_err()
+        {
+            return Bytes::new();
+        }
+        out.freeze()
     }
 
     fn rewrite_into(&mut self, event: &[u8], out: &mut BytesMut) -> Result<(), RewriteError> {
@@ -195,16 +205,25 @@ impl Drop for EndpointRewriter {
 
 /// Index just past the blank line ending the first complete event, if any.
 fn event_end(buf: &[u8]) -> Option<usize> {
+    scan_event_end(buf, false)
+}
+
+/// Like [`event_end`], once no more bytes will come: a final CR is a whole line end.
+fn event_end_at_eof(buf: &[u8]) -> Option<usize> {
+    scan_event_end(buf, true)
+}
+
+fn scan_event_end(buf: &[u8], eof: bool) -> Option<usize> {
     let mut i = 0;
     let mut line_start = 0;
     while i < buf.len() {
         let b = buf[i];
         if b == b'\n' || b == b'\r' {
             // A CR at the very end may be the first half of CRLF: wait for more.
-            if b == b'\r' && i + 1 == buf.len() {
+            if b == b'\r' && i + 1 == buf.len() && !eof {
                 return None;
             }
-            let next = if b == b'\r' && buf[i + 1] == b'\n' {
+            let next = if b == b'\r' && buf.get(i + 1) == Some(&b'\n') {
                 i + 2
             } else {
                 i + 1
@@ -279,7 +298,15 @@ mod tests {
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.contains("data: /sse?sessionId="));
         assert!(text.ends_with("event: message\r\ndata: {}\r\n\r\n"));
-        assert_eq!(&r.finish()[..], b": c");
+        assert!(r.finish().is_empty(), "an unterminated tail is dropped");
+        // A bare-CR event is complete only at end of stream, and still gets rewritten.
+        let out = r.feed(b"event: endpoint\rdata: /m?s=1\r\r").unwrap();
+        assert!(out.is_empty());
+        let last = r.finish();
+        assert!(
+            last.starts_with(b"event: endpoint\ndata: /sse?sessionId="),
+            "{last:?}"
+        );
     }
 
     #[test]
@@ -313,5 +340,80 @@ mod tests {
         assert_eq!(event_end(b"a\r\n\r"), None);
         assert_eq!(event_end(b"a\n"), None);
         assert_eq!(event_end(b"\n"), Some(1));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let terminator = prop_oneof![Just("\n"), Just("\r\n"), Just("\r")];
+        let line = "[a-z0-9{}\":/?=. ]{0,30}";
+        let event = (
+            prop_oneof![Just("message"), Just("endpoint"), Just("ping")],
+            line,
+            terminator,
+        )
+            .prop_map(|(name, data, t)| {
+                let data = if name == "endpoint" {
+                    let id: String = data.chars().filter(char::is_ascii_alphanumeric).collect();
+                    format!("/message?sessionId={id}")
+                } else {
+                    data
+                };
+                format!("event: {name}{t}data: {data}{t}{t}")
+            });
+        prop::collection::vec(event, 0..8).prop_map(|events| events.concat().into_bytes())
+    }
+
+    fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
+        let sessions = Arc::new(LegacySessions::default());
+        let mut r = EndpointRewriter::new(
+            sessions,
+            Arc::from("/sse"),
+            0,
+            "http://10.0.0.5:9000/sse".parse().unwrap(),
+        );
+        r.token = "T".into();
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(input.len());
+        for p in points {
+            match r.feed(&input[at..p]) {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(_) => return (out, false),
+            }
+            at = p;
+        }
+        out.extend_from_slice(&r.finish());
+        (out, true)
+    }
+
+    proptest! {
+        #[test]
+        fn rewriting_does_not_depend_on_chunking(input in stream(), cuts in prop::collection::vec(any::<usize>(), 0..12)) {
+            let whole = run(&input, &[]);
+            let split = run(&input, &cuts);
+            prop_assert_eq!(whole, split);
+        }
+
+        #[test]
+        fn rewritten_stream_never_names_the_backend(input in stream()) {
+            let (out, ok) = run(&input, &[]);
+            prop_assert!(ok);
+            let text = String::from_utf8_lossy(&out);
+            prop_assert!(!text.contains("10.0.0.5"));
+            prop_assert!(!text.contains("data: /message"));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..2048), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
+            let _ = run(&input, &cuts);
+            let _ = event_end(&input);
+        }
     }
 }

@@ -272,3 +272,34 @@ mod tests {
         assert!(t.after(b"") == Tail::EventBoundary);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::Tail;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Where a stream stands after a run of chunks depends only on its bytes.
+        #[test]
+        fn tail_does_not_depend_on_chunking(
+            input in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(b':')], 0..64),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = Tail::EventBoundary.after(&input);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.sort_unstable();
+            points.push(input.len());
+            let (mut tail, mut at) = (Tail::EventBoundary, 0);
+            for p in points {
+                tail = tail.after(&input[at..p]);
+                at = p;
+            }
+            // A CRLF split across chunks reads as CR then LF: the split view may only be more
+            // conservative (never claim an event boundary the whole view does not see).
+            if tail == Tail::EventBoundary {
+                prop_assert!(whole == Tail::EventBoundary || input.ends_with(b"\r\n"));
+            }
+            prop_assert_eq!(tail == Tail::MidLine, whole == Tail::MidLine);
+        }
+    }
+}
