@@ -7,20 +7,28 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{Body, full};
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
 
-/// Serves `/healthz` and `/readyz` until draining starts.
-pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown, tasks: TaskTracker) {
+/// Serves `/healthz` and `/readyz` until `stop` fires. It outlives draining on purpose, so
+/// load balancers see `/readyz` answer 503 while connections drain.
+pub async fn run(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: Shutdown,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
     ));
     loop {
         let (tcp, _) = tokio::select! {
-            () = shutdown.deadline().cancelled() => break,
+            () = stop.cancelled() => break,
             res = listener.accept() => match res {
                 Ok(c) => c,
                 Err(_) => continue,

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::listener::PublicListener;
-use crate::proxy::{Gateway, Proxy};
+use crate::proxy::{Gateway, Proxy, RouteSetupError};
 use crate::shutdown::Shutdown;
 use crate::tls::{self, TlsSetupError};
-use crate::upstream::UpstreamSetupError;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -24,17 +24,17 @@ pub enum StartError {
     #[error("listener.tls: {0}")]
     Tls(#[from] TlsSetupError),
     /// Upstream client configuration unusable.
-    #[error("routes: {0}")]
-    Upstream(#[from] UpstreamSetupError),
+    #[error(transparent)]
+    Upstream(#[from] RouteSetupError),
     /// A socket could not be bound.
-    #[error("cannot bind {what} on {addr}: {source}; is another process using the port?")]
+    #[error("cannot bind {what} on {addr}: {error}; is another process using the port?")]
     Bind {
         /// Which listener.
         what: &'static str,
         /// Requested address.
         addr: SocketAddr,
-        /// OS error.
-        source: std::io::Error,
+        /// OS error (in the message, not chained, so it is printed once).
+        error: std::io::Error,
     },
 }
 
@@ -50,6 +50,8 @@ pub struct Running {
     pub shutdown: Shutdown,
     drain_timeout: std::time::Duration,
     tasks: TaskTracker,
+    admin_stop: CancellationToken,
+    admin_tasks: TaskTracker,
 }
 
 impl Running {
@@ -58,25 +60,34 @@ impl Running {
         self.shutdown.trigger(self.drain_timeout);
     }
 
-    /// Waits until every listener and connection has finished.
+    /// Waits until every listener and connection has finished, then stops the admin listener.
     pub async fn wait(self) {
         self.tasks.close();
         self.tasks.wait().await;
+        self.admin_stop.cancel();
+        self.admin_tasks.close();
+        self.admin_tasks.wait().await;
     }
 }
 
 /// Builds everything from `config`, binds the listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let (resolver, _certs) =
+    let (resolver, certs) =
         tls::load_resolver(&config.listener.tls).map_err(TlsSetupError::from)?;
+    let now = std::time::SystemTime::now();
+    for c in certs.iter().filter(|c| c.info.time_left(now).is_none()) {
+        // Starting anyway keeps routes that use other certificates up; clients of this one
+        // will fail their handshakes until it is renewed.
+        tracing::error!(path = %c.path.display(), subject = %c.info.subject, "serving certificate has expired");
+    }
     let server_config = tls::server_config(Arc::new(resolver), config.listener.tls.allow_tls12)?;
     let gateway = Gateway::new(config.clone())?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { what, addr, source })
+            .map_err(|error| StartError::Bind { what, addr, error })
     };
     let public = bind("listener.bind", config.listener.bind).await?;
     let admin = match &config.admin {
@@ -85,7 +96,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let local = |l: &TcpListener, what, addr| {
         l.local_addr()
-            .map_err(|source| StartError::Bind { what, addr, source })
+            .map_err(|error| StartError::Bind { what, addr, error })
     };
     let addr = local(&public, "listener.bind", config.listener.bind)?;
     let admin_addr = match (&admin, &config.admin) {
@@ -105,12 +116,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         connections: Arc::new(Semaphore::new(config.listener.max_connections)),
     };
     tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
+    let admin_stop = CancellationToken::new();
+    let admin_tasks = TaskTracker::new();
     if let Some(admin) = admin {
-        tasks.spawn(crate::admin::run(
+        admin_tasks.spawn(crate::admin::run(
             admin,
             proxy.clone(),
             shutdown.clone(),
-            tasks.clone(),
+            admin_stop.clone(),
+            admin_tasks.clone(),
         ));
     }
     tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "mcp-edge listening");
@@ -121,6 +135,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         drain_timeout: config.shutdown.drain_timeout,
         tasks,
+        admin_stop,
+        admin_tasks,
     })
 }
 

@@ -20,6 +20,16 @@ pub enum CheckError {
     /// A certificate, key or upstream client setting.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// A serving certificate is past its not-after date.
+    #[error(
+        "certificate {path} expired at {not_after}; install a renewed certificate before starting"
+    )]
+    Expired {
+        /// Certificate file.
+        path: std::path::PathBuf,
+        /// Its not-after date (RFC 3339).
+        not_after: String,
+    },
 }
 
 /// Validates the config at `path` and every file it names; returns a human summary.
@@ -31,6 +41,12 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
     Gateway::new(cfg.clone()).map_err(StartError::Upstream)?;
 
     let now = SystemTime::now();
+    if let Some(c) = certs.iter().find(|c| c.info.time_left(now).is_none()) {
+        return Err(CheckError::Expired {
+            path: c.path.clone(),
+            not_after: humantime::format_rfc3339_seconds(c.info.not_after).to_string(),
+        });
+    }
     let mut out = String::new();
     let _ = writeln!(out, "config {} is valid", path.display());
     let _ = writeln!(

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -22,14 +23,27 @@ use crate::shutdown::Shutdown;
 use crate::sse::legacy::{EndpointRewriter, LegacySessions};
 use crate::sse::{RelayBody, SseOptions};
 use crate::telemetry::AccessLog;
-use crate::upstream::{UpstreamSetupError, Upstreams};
+use crate::upstream::{SendError, UpstreamSetupError, Upstreams};
 
 /// One route, ready to serve.
 #[derive(Debug)]
 struct RouteState {
     path: Arc<str>,
     transport: Transport,
+    body_idle_timeout: Duration,
     upstreams: Upstreams,
+}
+
+/// An upstream client for one route could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("routes[{index}] (path {path}): {error}")]
+pub struct RouteSetupError {
+    /// Position of the route in the config.
+    pub index: usize,
+    /// The route's path.
+    pub path: String,
+    /// What failed.
+    pub error: UpstreamSetupError,
 }
 
 /// An immutable snapshot of everything requests need; replaced as a whole on reload.
@@ -41,18 +55,25 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds clients and routes from a validated config.
-    pub fn new(config: Arc<Config>) -> Result<Self, UpstreamSetupError> {
+    pub fn new(config: Arc<Config>) -> Result<Self, RouteSetupError> {
         let routes = config
             .routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(index, r)| {
+                let upstreams = Upstreams::new(r).map_err(|error| RouteSetupError {
+                    index,
+                    path: r.path.clone(),
+                    error,
+                })?;
                 Ok(RouteState {
                     path: Arc::from(r.path.as_str()),
                     transport: r.transport,
-                    upstreams: Upstreams::new(r)?,
+                    body_idle_timeout: r.upstream.body_idle_timeout,
+                    upstreams,
                 })
             })
-            .collect::<Result<_, UpstreamSetupError>>()?;
+            .collect::<Result<_, RouteSetupError>>()?;
         Ok(Gateway { config, routes })
     }
 
@@ -117,9 +138,9 @@ impl Proxy {
         let gw = self.gateway.load_full();
 
         let mut resp = match self.relay(&gw, req, client, &request_id, &mut log).await {
-            Ok((resp, sse)) => {
+            Ok((resp, idle, sse)) => {
                 log.set_status(resp.status());
-                resp.map(|body| RelayBody::new(body, sse, log).boxed_unsync())
+                resp.map(|body| RelayBody::new(body, idle, sse, log).boxed_unsync())
             }
             Err(e) => {
                 let resp = e_response(e, &mut log);
@@ -138,7 +159,7 @@ impl Proxy {
         client: SocketAddr,
         request_id: &HeaderValue,
         log: &mut AccessLog,
-    ) -> Result<(Response<Incoming>, Option<SseOptions>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Duration, Option<SseOptions>), ProxyError> {
         let cfg = &gw.config;
         // 1. Route.
         let route = gw.route(req.uri().path()).ok_or(ProxyError::NotFound)?;
@@ -201,7 +222,15 @@ impl Proxy {
             Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync();
         let upstream_req = Request::from_parts(parts, body);
 
-        let mut resp = route.upstreams.send(upstream_req).await?;
+        let mut resp = route
+            .upstreams
+            .send(upstream_req)
+            .await
+            .map_err(|e| match e {
+                SendError::Timeout => ProxyError::UpstreamTimeout,
+                SendError::Unavailable => ProxyError::UpstreamUnavailable,
+                SendError::BodyTooLarge => ProxyError::BodyTooLarge { limit },
+            })?;
 
         // 6. Response head.
         let h = resp.headers_mut();
@@ -227,7 +256,7 @@ impl Proxy {
                     .starts_with("text/event-stream")
             });
         if !is_sse {
-            return Ok((resp, None));
+            return Ok((resp, route.body_idle_timeout, None));
         }
         h.remove(header::CONTENT_LENGTH);
         h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
@@ -252,9 +281,9 @@ impl Proxy {
         });
         Ok((
             resp,
+            cfg.sse.idle_timeout,
             Some(SseOptions {
                 heartbeat_interval: cfg.sse.heartbeat_interval,
-                idle_timeout: cfg.sse.idle_timeout,
                 stop,
                 rewriter,
             }),

@@ -191,12 +191,9 @@ async fn streamed_body_over_the_limit_is_cut() {
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
         .await;
+    // The client may still be sending when the answer comes; if it reads one, it is a 413.
     if let Ok(resp) = resp {
-        assert_ne!(
-            resp.status(),
-            200,
-            "oversized streamed body must not succeed"
-        );
+        assert_eq!(resp.status(), 413, "oversized streamed body");
     }
     // If the backend saw the request at all, it never received more than the limit.
     if let Ok(Some(seen)) = tokio::time::timeout(Duration::from_secs(2), got.recv()).await {

@@ -400,15 +400,25 @@ async fn demo_prints_a_command_that_returns_a_tool_result() {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
-        .args(["demo", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    /// Kills the demo even when an assertion fails first.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
+            .args(["demo", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let printed = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
         let mut text = String::new();
@@ -467,8 +477,7 @@ async fn demo_prints_a_command_that_returns_a_tool_result() {
     let resp = req.body(body.expect("-d body")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let data = support::sse_data(resp).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(
         data.last().unwrap()["result"]["content"][0]["text"],
         "5",

@@ -446,6 +446,49 @@ async fn upstream_death_mid_json_body_is_an_error_not_a_short_answer() {
 }
 
 #[tokio::test]
+async fn stalled_json_body_is_aborted_at_the_idle_limit() {
+    let backend = raw::serve(|_req| async move {
+        let (tx, body) = raw::channel_body();
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Bytes::from_static(b"{\"jsonrpc\":"))).await;
+            // Hold the body open without sending more.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap()
+    })
+    .await;
+    let proxy = start_proxy(&format!(
+        "[upstream]\nbody_idle_timeout = \"300ms\"\n{}",
+        route("/mcp", &format!("http://{}/mcp", backend.addr))
+    ))
+    .await;
+    for h1 in [true, false] {
+        let result = tokio::time::timeout(PROMPTLY, async {
+            match proxy
+                .client(h1)
+                .post(proxy.url("/mcp"))
+                .body("{}")
+                .send()
+                .await
+            {
+                Ok(resp) => resp.bytes().await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .expect("stalled body must not hang the client");
+        assert!(
+            result.is_err(),
+            "stalled JSON body must end in an error (h1={h1})"
+        );
+    }
+}
+
+#[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
     let (closed_tx, mut closed) = mpsc::unbounded_channel::<()>();
     let (started_tx, mut started) = mpsc::unbounded_channel::<()>();

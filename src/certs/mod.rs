@@ -15,12 +15,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// File that failed.
         path: PathBuf,
         /// Underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// No PEM `CERTIFICATE` block, or a block that is not valid base64/DER.
     #[error(
@@ -133,6 +133,8 @@ impl CertInfo {
 /// A certificate chain with its key, validated as a pair.
 #[derive(Debug, Clone)]
 pub struct LoadedCert {
+    /// The certificate file.
+    pub path: PathBuf,
     /// Ready for rustls.
     pub certified: Arc<CertifiedKey>,
     /// Description of the end-entity certificate.
@@ -140,9 +142,9 @@ pub struct LoadedCert {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|source| CertError::Read {
+    std::fs::read(path).map_err(|error| CertError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -240,6 +242,7 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, CertEr
         });
     }
     Ok(LoadedCert {
+        path: cert_path.to_path_buf(),
         certified: Arc::new(certified),
         info,
     })

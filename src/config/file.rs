@@ -172,6 +172,9 @@ pub struct UpstreamDefaultsFile {
         with = "humantime_serde"
     )]
     pub response_header_timeout: Duration,
+    /// Longest upstream silence inside a non-SSE response body.
+    #[serde(default = "defaults::body_idle_timeout", with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
     /// Idle pooled connection lifetime.
     #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -185,6 +188,7 @@ impl Default for UpstreamDefaultsFile {
         UpstreamDefaultsFile {
             connect_timeout: defaults::connect_timeout(),
             response_header_timeout: defaults::response_header_timeout(),
+            body_idle_timeout: defaults::body_idle_timeout(),
             pool_idle_timeout: defaults::pool_idle_timeout(),
             pool_max_idle_per_host: defaults::pool_max_idle_per_host(),
         }
@@ -314,6 +318,9 @@ mod defaults {
         Duration::from_secs(5)
     }
     pub fn response_header_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn body_idle_timeout() -> Duration {
         Duration::from_secs(60)
     }
     pub fn pool_idle_timeout() -> Duration {

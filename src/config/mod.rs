@@ -19,12 +19,12 @@ pub use file::{
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         /// The file that failed.
         path: PathBuf,
         /// The underlying I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The TOML did not parse or did not fit the schema (unknown key, wrong type).
     #[error("config file {path} is not valid: {message}")]
@@ -185,6 +185,8 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response head arrives.
     pub response_header_timeout: Duration,
+    /// Longest upstream silence inside a non-SSE response body before it is aborted.
+    pub body_idle_timeout: Duration,
     /// Idle pooled connections are closed after this long.
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per upstream host.
@@ -206,9 +208,9 @@ pub struct UpstreamTls {
 
 /// Reads, parses and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     parse(&text, path, base)
@@ -278,6 +280,15 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
                 ));
             }
             names.push(n);
+        }
+        for n in &names {
+            if let Some(prev) = sni.iter().position(|p: &SniCert| p.names.contains(n)) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{n}` is already listed in listener.tls.sni[{prev}]"),
+                    "list each name under one certificate only",
+                ));
+            }
         }
         sni.push(SniCert {
             names,
@@ -384,6 +395,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         "upstream.response_header_timeout",
         u.response_header_timeout,
     )?;
+    nonzero("upstream.body_idle_timeout", u.body_idle_timeout)?;
 
     if file.routes.is_empty() {
         return Err(ConfigError::invalid(
@@ -403,6 +415,14 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
             ));
         }
         routes.push(route);
+    }
+
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!("`{}` is not a log filter: {e}", file.log.level),
+            "use a level (error, warn, info, debug, trace) or directives like \"info,mcp_edge=debug\"",
+        ));
     }
 
     Ok(Config {
@@ -540,6 +560,7 @@ fn validate_route(
         upstream: UpstreamSettings {
             connect_timeout: defaults.connect_timeout,
             response_header_timeout: defaults.response_header_timeout,
+            body_idle_timeout: defaults.body_idle_timeout,
             pool_idle_timeout: defaults.pool_idle_timeout,
             pool_max_idle_per_host: defaults.pool_max_idle_per_host,
             tls,

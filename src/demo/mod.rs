@@ -63,7 +63,9 @@ upstream = "http://{backend}/mcp"
 /// Runs the demo until Ctrl-C or SIGTERM.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let dir = opts.data_dir.clone().unwrap_or_else(default_data_dir);
-    let files = pki::write_demo_pki(&dir)?;
+    let ip = opts.bind.ip();
+    let extra_ip = (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip);
+    let files = pki::write_demo_pki(&dir, extra_ip)?;
 
     let backend_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -104,13 +104,17 @@ pub struct DemoFiles {
     pub key: PathBuf,
 }
 
-/// Generates a CA and a `localhost` server certificate into `dir` (created if needed).
-pub fn write_demo_pki(dir: &Path) -> anyhow::Result<DemoFiles> {
+/// Generates a CA and a server certificate for `localhost`, the loopback addresses and
+/// `extra_ip` (the demo's bind address when it is not loopback) into `dir`.
+pub fn write_demo_pki(dir: &Path, extra_ip: Option<std::net::IpAddr>) -> anyhow::Result<DemoFiles> {
     use anyhow::Context as _;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca = DevCa::new("mcp-edge demo CA").context("generating demo CA")?;
+    let extra = extra_ip.map(|ip| ip.to_string());
+    let mut names = vec!["localhost", "127.0.0.1", "::1"];
+    names.extend(extra.as_deref());
     let server = ca
-        .issue_server(&["localhost", "127.0.0.1", "::1"])
+        .issue_server(&names)
         .context("generating demo server certificate")?;
     let files = DemoFiles {
         ca: dir.join("ca.pem"),

@@ -57,8 +57,17 @@ where
         () = shutdown.drain().cancelled() => {}
     }
     conn.as_mut().graceful_shutdown();
+    // At the deadline every relayed stream ends itself cleanly; the grace lets the connection
+    // flush that orderly end (and TLS close_notify) before it is dropped outright.
+    let hard_stop = async {
+        shutdown.deadline().cancelled().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
+    };
     tokio::select! {
         res = conn.as_mut() => res,
-        () = shutdown.deadline().cancelled() => Ok(()),
+        () = hard_stop => Ok(()),
     }
 }
+
+/// How long a connection may take to close after the drain deadline.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);

@@ -10,8 +10,9 @@
 //!   stream it can resume with `Last-Event-ID` rather than a hung or corrupt one;
 //! - ends the stream when its shutdown signal fires.
 //!
-//! Non-SSE bodies are passed through untouched; an upstream failure aborts them so a client can
-//! never take a truncated JSON answer for a complete one.
+//! Non-SSE bodies are passed through untouched; an upstream failure or an upstream that stalls
+//! for `body_idle_timeout` aborts them, so a client can never take a truncated JSON answer for
+//! a complete one, and a stalled backend cannot hold a request open forever.
 
 pub mod legacy;
 
@@ -36,8 +37,6 @@ const HEARTBEAT_IN_EVENT: &[u8] = b": keep-alive\n";
 pub struct SseOptions {
     /// Upstream silence before a heartbeat.
     pub heartbeat_interval: Duration,
-    /// Upstream silence that ends the stream.
-    pub idle_timeout: Duration,
     /// Fires when this stream must end for shutdown.
     pub stop: WaitForCancellationFutureOwned,
     /// Rewrites legacy `endpoint` events, on legacy HTTP+SSE routes.
@@ -47,8 +46,6 @@ pub struct SseOptions {
 struct SseState {
     heartbeat_interval: Duration,
     heartbeat: Pin<Box<Sleep>>,
-    idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     rewriter: Option<EndpointRewriter>,
     tail: Tail,
@@ -99,25 +96,33 @@ impl Tail {
 /// A relayed response body; see the module docs.
 pub struct RelayBody {
     inner: Incoming,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
     sse: Option<SseState>,
     log: AccessLog,
     done: bool,
 }
 
 impl RelayBody {
-    /// Wraps an upstream body; `sse` is `Some` for `text/event-stream` answers.
-    pub fn new(inner: Incoming, sse: Option<SseOptions>, log: AccessLog) -> Self {
+    /// Wraps an upstream body that may stay silent for at most `idle_timeout` between frames;
+    /// `sse` is `Some` for `text/event-stream` answers.
+    pub fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        sse: Option<SseOptions>,
+        log: AccessLog,
+    ) -> Self {
         let sse = sse.map(|o| SseState {
             heartbeat_interval: o.heartbeat_interval,
             heartbeat: Box::pin(tokio::time::sleep(o.heartbeat_interval)),
-            idle_timeout: o.idle_timeout,
-            idle: Box::pin(tokio::time::sleep(o.idle_timeout)),
             stop: Box::pin(o.stop),
             rewriter: o.rewriter,
             tail: Tail::EventBoundary,
         });
         RelayBody {
             inner,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
             sse,
             log,
             done: false,
@@ -132,6 +137,11 @@ impl RelayBody {
 
     fn emit(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.log.add_bytes(data.len());
+        // HTTP/1.1 stops polling once Content-Length is reached, so completion must be noted
+        // here rather than when the upstream's end is polled.
+        if self.inner.is_end_stream() {
+            self.log.set_outcome(Outcome::Complete);
+        }
         if let Some(s) = &mut self.sse {
             s.tail = s.tail.after(&data);
         }
@@ -165,11 +175,11 @@ impl HttpBody for RelayBody {
                         // Trailers pass through as they are.
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     };
+                    let now = Instant::now();
+                    this.idle.as_mut().reset(now + this.idle_timeout);
                     let Some(s) = &mut this.sse else {
                         return this.emit(data);
                     };
-                    let now = Instant::now();
-                    s.idle.as_mut().reset(now + s.idle_timeout);
                     s.heartbeat.as_mut().reset(now + s.heartbeat_interval);
                     let out = match &mut s.rewriter {
                         Some(r) => match r.feed(&data) {
@@ -216,13 +226,19 @@ impl HttpBody for RelayBody {
             }
         }
 
+        if this.idle.as_mut().poll(cx).is_ready() {
+            if this.sse.is_some() {
+                tracing::info!(request_id = %this.log.request_id(), "ending SSE stream: upstream idle");
+                return this.finish(Outcome::IdleTimeout);
+            }
+            tracing::warn!(request_id = %this.log.request_id(), "aborting response: upstream stalled mid-body");
+            this.done = true;
+            this.log.set_outcome(Outcome::IdleTimeout);
+            return Poll::Ready(Some(Err("upstream stalled mid-body".into())));
+        }
         let Some(s) = &mut this.sse else {
             return Poll::Pending;
         };
-        if s.idle.as_mut().poll(cx).is_ready() {
-            tracing::info!(request_id = %this.log.request_id(), "ending SSE stream: upstream idle");
-            return this.finish(Outcome::IdleTimeout);
-        }
         ready!(s.heartbeat.as_mut().poll(cx));
         s.heartbeat
             .as_mut()

@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::certs::{self, CertError};
 use crate::config::{Route, UpstreamSettings};
 use crate::http::Body;
-use crate::http::error::ProxyError;
 
 /// One upstream endpoint of a route.
 #[derive(Debug)]
@@ -124,21 +123,50 @@ impl Upstreams {
         HeaderValue::from_bytes(&v).ok()
     }
 
-    /// Sends `req` and waits for the response head within the configured timeout.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                if is_timeout(&e) {
-                    Err(ProxyError::UpstreamTimeout)
-                } else {
-                    tracing::warn!(error = %error_chain(&e), "upstream request failed");
-                    Err(ProxyError::UpstreamUnavailable)
-                }
+    /// Sends `req` and waits for the response head within the configured timeout. Failures are
+    /// logged here, with the request id and upstream URL, so a 502/504 can be traced.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        let uri = req.uri().clone();
+        let request_id = req
+            .headers()
+            .get(crate::http::headers::X_REQUEST_ID)
+            .cloned();
+        let rid = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let result =
+            tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
+        let err = match result {
+            Ok(Ok(resp)) => return Ok(resp),
+            Err(_) => {
+                tracing::warn!(request_id = rid, upstream = %uri, timeout = ?self.response_header_timeout, "upstream response head timed out");
+                return Err(SendError::Timeout);
             }
+            Ok(Err(e)) => e,
+        };
+        if has_cause::<http_body_util::LengthLimitError>(&err) {
+            return Err(SendError::BodyTooLarge);
         }
+        let timed_out = has_io_kind(&err, std::io::ErrorKind::TimedOut);
+        tracing::warn!(request_id = rid, upstream = %uri, error = %error_chain(&err), "upstream request failed");
+        Err(if timed_out {
+            SendError::Timeout
+        } else {
+            SendError::Unavailable
+        })
     }
+}
+
+/// Why an upstream request produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// Connect or response head deadline passed.
+    Timeout,
+    /// Connection or TLS failed, or the upstream closed the connection.
+    Unavailable,
+    /// The client's streamed request body went over the configured limit.
+    BodyTooLarge,
 }
 
 fn build_client(
@@ -201,29 +229,29 @@ fn affinity_tag(uri: &Uri) -> [u8; 8] {
     out
 }
 
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |err| err.source())
+}
+
+fn has_cause<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    causes(e).any(|err| err.is::<T>())
+}
+
+fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+    causes(e).any(|err| {
+        err.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+    })
 }
 
 /// Renders an error with all its causes, for operators.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        s.push_str(": ");
-        s.push_str(&err.to_string());
-        cur = err.source();
-    }
-    s
+    causes(e)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(test)]
