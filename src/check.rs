@@ -22,13 +22,23 @@ pub enum CheckError {
     Start(#[from] StartError),
     /// A serving certificate is past its not-after date.
     #[error(
-        "certificate {path} expired at {not_after}; install a renewed certificate before starting"
+        "listener.tls: certificate {path} expired at {not_after}; install a renewed certificate before starting"
     )]
     Expired {
         /// Certificate file.
         path: std::path::PathBuf,
         /// Its not-after date (RFC 3339).
         not_after: String,
+    },
+    /// A serving certificate is not valid yet (clients will reject it).
+    #[error(
+        "listener.tls: certificate {path} is not valid before {not_before}; check the issuer's clock or install the current certificate"
+    )]
+    NotYetValid {
+        /// Certificate file.
+        path: std::path::PathBuf,
+        /// Its not-before date (RFC 3339).
+        not_before: String,
     },
 }
 
@@ -45,6 +55,12 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
         return Err(CheckError::Expired {
             path: c.path.clone(),
             not_after: humantime::format_rfc3339_seconds(c.info.not_after).to_string(),
+        });
+    }
+    if let Some(c) = certs.iter().find(|c| c.info.not_before > now) {
+        return Err(CheckError::NotYetValid {
+            path: c.path.clone(),
+            not_before: humantime::format_rfc3339_seconds(c.info.not_before).to_string(),
         });
     }
     let mut out = String::new();

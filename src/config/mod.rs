@@ -267,12 +267,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         for n in &s.names {
             let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
             let bare = n.strip_prefix("*.").unwrap_or(&n);
-            if bare.is_empty()
-                || bare.contains('*')
-                || !bare
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            {
+            if !is_dns_name(bare) {
                 return Err(ConfigError::invalid(
                     key,
                     format!("`{n}` is not a DNS name"),
@@ -417,7 +412,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         routes.push(route);
     }
 
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
+    if let Err(e) = valid_log_filter(&file.log.level) {
         return Err(ConfigError::invalid(
             "log.level",
             format!("`{}` is not a log filter: {e}", file.log.level),
@@ -460,10 +455,17 @@ fn validate_route(
             "use an absolute path without query, fragment or trailing slash, e.g. \"/mcp\"",
         ));
     }
-    let raw: Vec<String> = match (r.upstream, r.upstreams) {
-        (Some(one), None) => vec![one],
-        (None, Some(many)) if !many.is_empty() => many,
-        (None, _) => {
+    let (field, raw): (&str, Vec<String>) = match (r.upstream, r.upstreams) {
+        (Some(one), None) => ("upstream", vec![one]),
+        (None, Some(many)) if !many.is_empty() => ("upstreams", many),
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                key("upstreams"),
+                "is empty",
+                "list at least one upstream URL, or use `upstream = \"http://HOST:PORT/mcp\"`",
+            ));
+        }
+        (None, None) => {
             return Err(ConfigError::invalid(
                 key("upstream"),
                 "is missing",
@@ -481,7 +483,7 @@ fn validate_route(
     let mut upstreams = Vec::with_capacity(raw.len());
     let mut any_https = false;
     for (j, s) in raw.iter().enumerate() {
-        let k = if raw.len() == 1 {
+        let k = if field == "upstream" {
             key("upstream")
         } else {
             key(&format!("upstreams[{j}]"))
@@ -509,6 +511,14 @@ fn validate_route(
                 &k,
                 format!("`{s}` has no host"),
                 "write an absolute URL such as \"http://127.0.0.1:9000/mcp\"",
+            ));
+        }
+        if has_user_info(&uri) {
+            // They would end up in the Host header, in logs and in `check` output.
+            return Err(ConfigError::invalid(
+                &k,
+                "the URL carries user info (`user:password@`)",
+                "remove it; credentials in URLs are not supported",
             ));
         }
         if uri.query().is_some() {
@@ -580,13 +590,55 @@ fn parse_public_url(s: &str) -> Result<Uri, ConfigError> {
     if uri.scheme_str() != Some("https") {
         return Err(bad(format!("`{s}` is not an https:// URL")));
     }
-    if uri.authority().is_none() {
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
         return Err(bad(format!("`{s}` has no host")));
+    }
+    if has_user_info(&uri) {
+        return Err(bad(
+            "the URL carries user info (`user:password@`)".to_owned()
+        ));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad(format!("`{s}` has a path or query")));
     }
     Ok(uri)
+}
+
+fn has_user_info(uri: &Uri) -> bool {
+    uri.authority().is_some_and(|a| a.as_str().contains('@'))
+}
+
+/// A DNS name in the LDH form certificates use: labels of letters, digits and inner hyphens,
+/// and not an IP address (certificates name those as IP SANs, which SNI never carries).
+fn is_dns_name(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_err()
+        && !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Whether `level` is a usable filter: `EnvFilter` reads a bare unknown word as a target name,
+/// which would silently turn off all other logging, so bare words must be levels.
+fn valid_log_filter(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            return Err(format!(
+                "`{directive}` is neither a level nor `target=level`"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {
