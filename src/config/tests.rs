@@ -184,7 +184,7 @@ fn minimal_config_uses_documented_defaults() {
     assert_eq!(r.upstream.response_header_timeout, Duration::from_secs(60));
     assert_eq!(r.upstream.body_idle_timeout, Duration::from_secs(60));
     assert_eq!(r.upstream.pool_idle_timeout, Duration::from_secs(90));
-    assert_eq!(r.upstream.pool_max_idle_per_host, 32);
+    assert_eq!(r.upstream.pool_max_idle_per_host, 512);
     assert!(r.upstream.tls.is_none());
 }
 
