@@ -31,6 +31,25 @@ async fn next_chunk(resp: &mut reqwest::Response) -> Option<Bytes> {
     }
 }
 
+/// Senders that feed the bodies of a scripted SSE backend's responses, one per request.
+type StreamFeeds = mpsc::UnboundedReceiver<mpsc::Sender<Result<Bytes, std::io::Error>>>;
+
+/// A backend answering every request with an SSE stream whose bytes the test sends itself:
+/// each request hands the test the sender for its body.
+async fn scripted_sse_backend() -> (raw::RawBackend, StreamFeeds) {
+    let (streams_tx, streams) = mpsc::unbounded_channel();
+    let backend = raw::serve(move |_req| {
+        let streams_tx = streams_tx.clone();
+        async move {
+            let (tx, body) = raw::channel_body();
+            let _ = streams_tx.send(tx);
+            raw::sse(body)
+        }
+    })
+    .await;
+    (backend, streams)
+}
+
 #[tokio::test]
 async fn request_and_response_headers_are_rewritten() {
     let backend = raw::serve(|req: http::Request<hyper::body::Incoming>| async move {
@@ -282,16 +301,7 @@ async fn unknown_path_method_session_and_oversized_body_are_refused() {
 async fn sse_events_are_relayed_one_by_one_without_buffering() {
     // The backend sends event N+1 only after the test confirms the client received event N:
     // if the proxy buffered anything, the test would wait forever (and fail at PROMPTLY).
-    let (streams_tx, mut streams) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |_req| {
-        let streams_tx = streams_tx.clone();
-        async move {
-            let (tx, body) = raw::channel_body();
-            let _ = streams_tx.send(tx);
-            raw::sse(body)
-        }
-    })
-    .await;
+    let (backend, mut streams) = scripted_sse_backend().await;
     let proxy = start_proxy(&route("/mcp", &format!("http://{}/mcp", backend.addr))).await;
 
     for h1 in [true, false] {
@@ -324,16 +334,7 @@ async fn sse_events_are_relayed_one_by_one_without_buffering() {
 
 #[tokio::test]
 async fn heartbeat_fills_silence_without_splitting_events_and_idle_limit_ends_stream() {
-    let (streams_tx, mut streams) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |_req| {
-        let streams_tx = streams_tx.clone();
-        async move {
-            let (tx, body) = raw::channel_body();
-            let _ = streams_tx.send(tx);
-            raw::sse(body)
-        }
-    })
-    .await;
+    let (backend, mut streams) = scripted_sse_backend().await;
     let proxy = start_proxy(&format!(
         "[sse]\nheartbeat_interval = \"100ms\"\nidle_timeout = \"1500ms\"\n{}",
         route("/mcp", &format!("http://{}/mcp", backend.addr))
@@ -376,16 +377,7 @@ async fn heartbeat_fills_silence_without_splitting_events_and_idle_limit_ends_st
 
 #[tokio::test]
 async fn upstream_death_mid_stream_ends_the_client_stream_cleanly() {
-    let (streams_tx, mut streams) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |_req| {
-        let streams_tx = streams_tx.clone();
-        async move {
-            let (tx, body) = raw::channel_body();
-            let _ = streams_tx.send(tx);
-            raw::sse(body)
-        }
-    })
-    .await;
+    let (backend, mut streams) = scripted_sse_backend().await;
     let proxy = start_proxy(&route("/mcp", &format!("http://{}/mcp", backend.addr))).await;
     for h1 in [true, false] {
         let mut resp = proxy
