@@ -33,6 +33,7 @@ cat >"$work/proxy.toml" <<TOML
 [listener]
 bind = "127.0.0.1:$PROXY_PORT"
 public_url = "https://localhost:$PROXY_PORT"
+allowed_hosts = ["localhost", "127.0.0.1"]
 max_connections = 5000
 [listener.tls]
 cert = "$work/demo/server.pem"

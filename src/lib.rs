@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod certs;
 pub mod check;
 pub mod config;

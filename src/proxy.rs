@@ -15,6 +15,7 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::auth::origin::{self, OriginCheck};
 use crate::config::{Config, Transport};
 use crate::http::Body;
 use crate::http::error::ProxyError;
@@ -31,6 +32,7 @@ struct RouteState {
     path: Arc<str>,
     transport: Transport,
     body_idle_timeout: Duration,
+    origins: crate::auth::origin::OriginPolicy,
     upstreams: Upstreams,
 }
 
@@ -70,6 +72,7 @@ impl Gateway {
                     path: Arc::from(r.path.as_str()),
                     transport: r.transport,
                     body_idle_timeout: r.upstream.body_idle_timeout,
+                    origins: r.origins.clone(),
                     upstreams,
                 })
             })
@@ -92,6 +95,15 @@ pub struct Proxy {
     gateway: ArcSwap<Gateway>,
     legacy: Arc<LegacySessions>,
     shutdown: Shutdown,
+}
+
+/// What the pipeline produced for a request that was not refused.
+enum Relayed {
+    /// The upstream's answer, its body idle limit, and SSE options for event streams (boxed:
+    /// they are large and only event streams have them).
+    Upstream(Response<Incoming>, Duration, Option<Box<SseOptions>>),
+    /// An answer the proxy gives itself (CORS preflight).
+    Local(Response<Body>),
 }
 
 /// Where a request goes upstream.
@@ -136,11 +148,20 @@ impl Proxy {
         );
         log.set_mcp_method(req.headers().get(MCP_METHOD));
         let gw = self.gateway.load_full();
+        let mut cors = None;
 
-        let mut resp = match self.relay(&gw, req, client, &request_id, &mut log).await {
-            Ok((resp, idle, sse)) => {
+        let mut resp = match self
+            .relay(&gw, req, client, &request_id, &mut cors, &mut log)
+            .await
+        {
+            Ok(Relayed::Upstream(resp, idle, sse)) => {
                 log.set_status(resp.status());
-                resp.map(|body| RelayBody::new(body, idle, sse, log).boxed_unsync())
+                resp.map(|body| RelayBody::new(body, idle, sse.map(|s| *s), log).boxed_unsync())
+            }
+            Ok(Relayed::Local(resp)) => {
+                log.set_status(resp.status());
+                log.set_outcome(crate::telemetry::Outcome::Complete);
+                resp
             }
             Err(e) => {
                 let resp = e_response(e, &mut log);
@@ -149,6 +170,9 @@ impl Proxy {
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
+        if let Some(origin) = cors {
+            origin::add_cors_headers(resp.headers_mut(), origin);
+        }
         resp
     }
 
@@ -158,12 +182,44 @@ impl Proxy {
         req: Request<Incoming>,
         client: SocketAddr,
         request_id: &HeaderValue,
+        cors: &mut Option<HeaderValue>,
         log: &mut AccessLog,
-    ) -> Result<(Response<Incoming>, Duration, Option<SseOptions>), ProxyError> {
+    ) -> Result<Relayed, ProxyError> {
         let cfg = &gw.config;
+        // 0. Host: a name this proxy does not serve means DNS rebinding or a misrouted client.
+        if !origin::host_allowed(&cfg.listener.allowed_hosts, req.uri(), req.headers()) {
+            tracing::info!(request_id = %log.request_id(), "refused: Host not in listener.allowed_hosts");
+            return Err(ProxyError::Forbidden("host not allowed"));
+        }
+
         // 1. Route.
         let route = gw.route(req.uri().path()).ok_or(ProxyError::NotFound)?;
         log.set_route(route.path.clone());
+
+        // 1b. Origin: browsers must come from a listed origin; CORS preflights end here.
+        match route.origins.check(req.headers()) {
+            OriginCheck::Absent => {}
+            OriginCheck::Allowed(o) => *cors = Some(o),
+            OriginCheck::Refused(why) => {
+                tracing::info!(request_id = %log.request_id(), reason = why, "refused: Origin");
+                return Err(ProxyError::Forbidden("origin not allowed"));
+            }
+        }
+        let methods = match route.transport {
+            Transport::StreamableHttp => "GET, POST, DELETE",
+            Transport::Sse => "GET, POST",
+        };
+        if req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+            && let Some(o) = cors.take()
+        {
+            let mut resp = Response::new(crate::http::empty());
+            *resp.status_mut() = http::StatusCode::NO_CONTENT;
+            *resp.headers_mut() = origin::preflight_headers(o, req.headers(), methods);
+            return Ok(Relayed::Local(resp));
+        }
 
         // 2. Method.
         let method = req.method().clone();
@@ -174,12 +230,7 @@ impl Proxy {
             Transport::Sse => matches!(method, Method::POST | Method::GET),
         };
         if !allowed {
-            return Err(ProxyError::MethodNotAllowed {
-                allow: match route.transport {
-                    Transport::StreamableHttp => "GET, POST, DELETE",
-                    Transport::Sse => "GET, POST",
-                },
-            });
+            return Err(ProxyError::MethodNotAllowed { allow: methods });
         }
 
         // 3. Body limit, up front when the length is declared; streamed bodies are cut by `Limited`.
@@ -256,7 +307,7 @@ impl Proxy {
                     .starts_with("text/event-stream")
             });
         if !is_sse {
-            return Ok((resp, route.body_idle_timeout, None));
+            return Ok(Relayed::Upstream(resp, route.body_idle_timeout, None));
         }
         h.remove(header::CONTENT_LENGTH);
         h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
@@ -279,14 +330,14 @@ impl Proxy {
                 endpoint.uri.clone(),
             )
         });
-        Ok((
+        Ok(Relayed::Upstream(
             resp,
             cfg.sse.idle_timeout,
-            Some(SseOptions {
+            Some(Box::new(SseOptions {
                 heartbeat_interval: cfg.sse.heartbeat_interval,
                 stop,
                 rewriter,
-            }),
+            })),
         ))
     }
 

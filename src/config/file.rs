@@ -42,6 +42,9 @@ pub struct ListenerFile {
     pub bind: String,
     /// Base URL clients use.
     pub public_url: String,
+    /// Host names clients may address (DNS-rebinding defence); default: `public_url`'s host.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Connection cap.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
@@ -248,6 +251,12 @@ pub struct RouteFile {
     /// MCP transport.
     #[serde(default)]
     pub transport: Transport,
+    /// Browser origins allowed to call this route (`"null"` allows `Origin: null`).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Refuse requests that carry no `Origin` (browser-only routes).
+    #[serde(default)]
+    pub require_origin: bool,
     /// `[routes.upstream_tls]`
     pub upstream_tls: Option<UpstreamTlsFile>,
 }

@@ -82,6 +82,8 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// Public base URL (scheme + authority, no path) used in rewritten links and metadata.
     pub public_url: Uri,
+    /// Lower-case host names (or IP literals, IPv6 in brackets) clients may address.
+    pub allowed_hosts: Vec<String>,
     /// Maximum simultaneous client connections.
     pub max_connections: usize,
     /// Time allowed for the TLS handshake.
@@ -176,6 +178,8 @@ pub struct Route {
     pub upstreams: Vec<Uri>,
     /// Upstream connection settings.
     pub upstream: UpstreamSettings,
+    /// Which browser origins may call the route.
+    pub origins: crate::auth::origin::OriginPolicy,
 }
 
 /// Settings for the connections a route makes to its upstreams.
@@ -302,9 +306,11 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
             ));
         }
     };
+    let allowed_hosts = validate_hosts(&l.allowed_hosts, &public_url)?;
     let listener = Listener {
         bind,
         public_url,
+        allowed_hosts,
         max_connections: l.max_connections,
         handshake_timeout: l.handshake_timeout,
         tls: ServerTls {
@@ -563,9 +569,29 @@ fn validate_route(
         None => None,
     };
 
+    let mut origins = crate::auth::origin::OriginPolicy {
+        require_origin: r.require_origin,
+        ..Default::default()
+    };
+    for (j, o) in r.allowed_origins.iter().enumerate() {
+        if o == "null" {
+            origins.allow_null = true;
+            continue;
+        }
+        let parsed = crate::auth::origin::Origin::parse(o).ok_or_else(|| {
+            ConfigError::invalid(
+                key(&format!("allowed_origins[{j}]")),
+                format!("`{o}` is not an origin"),
+                "write scheme://host[:port] without a path, e.g. \"https://app.example.com\", or \"null\"",
+            )
+        })?;
+        origins.allowed.push(parsed);
+    }
+
     Ok(Route {
         path: r.path,
         transport: r.transport,
+        origins,
         upstreams,
         upstream: UpstreamSettings {
             connect_timeout: defaults.connect_timeout,
@@ -602,6 +628,35 @@ fn parse_public_url(s: &str) -> Result<Uri, ConfigError> {
         return Err(bad(format!("`{s}` has a path or query")));
     }
     Ok(uri)
+}
+
+/// Normalises `listener.allowed_hosts`, defaulting to the host of `public_url`.
+fn validate_hosts(hosts: &[String], public_url: &Uri) -> Result<Vec<String>, ConfigError> {
+    if hosts.is_empty() {
+        return Ok(public_url
+            .host()
+            .map(|h| vec![h.to_ascii_lowercase()])
+            .unwrap_or_default());
+    }
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            let ipv6 = h.starts_with('[')
+                && h.ends_with(']')
+                && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+            if ipv6 || h.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_name(&h) {
+                Ok(h)
+            } else {
+                Err(ConfigError::invalid(
+                    format!("listener.allowed_hosts[{i}]"),
+                    format!("`{h}` is not a host name or IP address"),
+                    "list bare host names without port, e.g. \"mcp.example.com\" or \"[::1]\"",
+                ))
+            }
+        })
+        .collect()
 }
 
 fn has_user_info(uri: &Uri) -> bool {

@@ -26,6 +26,9 @@ pub enum ProxyError {
         /// The configured limit.
         limit: u64,
     },
+    /// Host or Origin refused (the reason goes to the log, not to the client).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// A header the proxy needs to read is malformed.
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
@@ -45,6 +48,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -67,6 +71,7 @@ impl ProxyError {
             ProxyError::UnknownSession => "unknown_session",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Forbidden(_) => "forbidden",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
         }
