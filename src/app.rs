@@ -81,7 +81,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // will fail their handshakes until it is renewed.
         tracing::error!(path = %c.path.display(), subject = %c.info.subject, "serving certificate has expired");
     }
-    let server_config = tls::server_config(Arc::new(resolver), config.listener.tls.allow_tls12)?;
+    let client_verifier = crate::auth::mtls::verifier(&config.listener.tls.client_auth, now)
+        .map_err(TlsSetupError::from)?;
+    let server_config = tls::server_config(
+        Arc::new(resolver),
+        config.listener.tls.allow_tls12,
+        client_verifier,
+    )?;
     let gateway = Gateway::new(config.clone())?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {

@@ -30,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod listener;
+pub mod mcp;
 pub mod proxy;
 pub mod shutdown;
 pub mod sse;

@@ -12,9 +12,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::mtls::ClientIdentity;
 use crate::config::HttpLimits;
 use crate::http::server;
-use crate::proxy::Proxy;
+use crate::proxy::{ConnInfo, Proxy};
 use crate::shutdown::Shutdown;
 
 /// What the accept loop needs.
@@ -75,9 +76,19 @@ impl PublicListener {
                         return;
                     }
                 };
+                // Verified by rustls already (chain, CRLs); here we only read who it names.
+                let client_cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|der| ClientIdentity::from_der(der.as_ref()))
+                    .map(Arc::new);
+                let conn = Arc::new(ConnInfo { peer, client_cert });
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+                    let conn = conn.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &conn).await) }
                 });
                 if let Err(e) = server::serve(&builder, tls, service, &shutdown).await {
                     tracing::debug!(%peer, error = %e, "connection ended with error");

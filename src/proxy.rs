@@ -15,8 +15,9 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::auth::mtls::ClientIdentity;
 use crate::auth::origin::{self, OriginCheck};
-use crate::config::{Config, Transport};
+use crate::config::{Config, RequireAuth, Transport};
 use crate::http::Body;
 use crate::http::error::ProxyError;
 use crate::http::headers::{self, MCP_METHOD, MCP_SESSION_ID, X_ACCEL_BUFFERING, X_REQUEST_ID};
@@ -31,6 +32,7 @@ use crate::upstream::{SendError, UpstreamSetupError, Upstreams};
 struct RouteState {
     path: Arc<str>,
     transport: Transport,
+    require: RequireAuth,
     body_idle_timeout: Duration,
     origins: crate::auth::origin::OriginPolicy,
     upstreams: Upstreams,
@@ -71,6 +73,7 @@ impl Gateway {
                 Ok(RouteState {
                     path: Arc::from(r.path.as_str()),
                     transport: r.transport,
+                    require: r.require,
                     body_idle_timeout: r.upstream.body_idle_timeout,
                     origins: r.origins.clone(),
                     upstreams,
@@ -88,6 +91,15 @@ impl Gateway {
     fn route(&self, path: &str) -> Option<&RouteState> {
         self.routes.iter().find(|r| &*r.path == path)
     }
+}
+
+/// What the proxy knows about the connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Client socket address.
+    pub peer: SocketAddr,
+    /// Identity from the client certificate, when one was presented and verified.
+    pub client_cert: Option<Arc<ClientIdentity>>,
 }
 
 /// The proxy service shared by all connections.
@@ -138,7 +150,8 @@ impl Proxy {
     }
 
     /// Handles one client request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let client = conn.peer;
         let request_id = headers::request_id(req.headers());
         let mut log = AccessLog::new(
             request_id.clone(),
@@ -150,8 +163,11 @@ impl Proxy {
         let gw = self.gateway.load_full();
         let mut cors = None;
 
+        if let Some(id) = &conn.client_cert {
+            log.set_principal(id.principal());
+        }
         let mut resp = match self
-            .relay(&gw, req, client, &request_id, &mut cors, &mut log)
+            .relay(&gw, req, conn, &request_id, &mut cors, &mut log)
             .await
         {
             Ok(Relayed::Upstream(resp, idle, sse)) => {
@@ -180,7 +196,7 @@ impl Proxy {
         &self,
         gw: &Gateway,
         req: Request<Incoming>,
-        client: SocketAddr,
+        conn: &ConnInfo,
         request_id: &HeaderValue,
         cors: &mut Option<HeaderValue>,
         log: &mut AccessLog,
@@ -219,6 +235,11 @@ impl Proxy {
             *resp.status_mut() = http::StatusCode::NO_CONTENT;
             *resp.headers_mut() = origin::preflight_headers(o, req.headers(), methods);
             return Ok(Relayed::Local(resp));
+        }
+
+        // 1c. Identity the route demands.
+        if route.require == RequireAuth::Certificate && conn.client_cert.is_none() {
+            return Err(ProxyError::Forbidden("client certificate required"));
         }
 
         // 2. Method.
@@ -261,7 +282,7 @@ impl Proxy {
         });
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
-        headers::set_forwarded(h, client.ip(), original_host.as_ref());
+        headers::set_forwarded(h, conn.peer.ip(), original_host.as_ref());
         headers::sanitize_traceparent(h);
         h.insert(header::HOST, endpoint.host.clone());
         h.insert(X_REQUEST_ID, request_id.clone());

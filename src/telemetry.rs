@@ -66,6 +66,7 @@ pub struct AccessLog {
     method: http::Method,
     path: String,
     route: Option<std::sync::Arc<str>>,
+    principal: Option<String>,
     upstream: Option<String>,
     mcp_method: Option<HeaderValue>,
     status: u16,
@@ -89,6 +90,7 @@ impl AccessLog {
             method,
             path: path.to_owned(),
             route: None,
+            principal: None,
             upstream: None,
             mcp_method: None,
             status: 0,
@@ -106,6 +108,11 @@ impl AccessLog {
     /// Records the matched route.
     pub fn set_route(&mut self, route: std::sync::Arc<str>) {
         self.route = Some(route);
+    }
+
+    /// Records who the client proved to be.
+    pub fn set_principal(&mut self, principal: &str) {
+        self.principal = Some(principal.to_owned());
     }
 
     /// Records the chosen upstream endpoint.
@@ -151,6 +158,7 @@ impl Drop for AccessLog {
             method = %self.method,
             path = %self.path,
             route = self.route.as_deref().unwrap_or("-"),
+            principal = self.principal.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             mcp_method = self.mcp_method.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             status = self.status,

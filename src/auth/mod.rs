@@ -1,4 +1,7 @@
-//! Access checks in front of the upstream: Origin and Host today; bearer tokens, client
-//! certificates and OAuth Protected Resource Metadata as issue 3 proceeds.
+//! Identity: bearer tokens (JWT with JWKS key sources), and soon client certificates, Origin
+//! and Host checks, and the OAuth Protected Resource Metadata answered to clients.
 
+pub mod jwks;
+pub mod jwt;
+pub mod mtls;
 pub mod origin;

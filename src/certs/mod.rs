@@ -80,6 +80,24 @@ pub enum CertError {
         /// The certificate's DNS names.
         sans: String,
     },
+    /// A CRL file is unusable.
+    #[error(
+        "{path} holds no usable PEM CRL ({reason}); expected `-----BEGIN X509 CRL-----` blocks"
+    )]
+    BadCrl {
+        /// File that failed.
+        path: PathBuf,
+        /// Parser detail.
+        reason: String,
+    },
+    /// A CRL's nextUpdate has passed: revocation data is stale, so the proxy fails closed.
+    #[error("CRL {path} expired at {next_update}; fetch a current CRL from the CA")]
+    CrlExpired {
+        /// File that failed.
+        path: PathBuf,
+        /// Its nextUpdate (RFC 3339).
+        next_update: String,
+    },
     /// A CA bundle contained no usable trust anchor.
     #[error("CA bundle {path} has no usable certificate: {reason}")]
     BadCaBundle {
@@ -246,6 +264,46 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, CertEr
         certified: Arc::new(certified),
         info,
     })
+}
+
+/// Loads every CRL in a PEM file, refusing an empty file and any CRL past its nextUpdate.
+pub fn load_crls(
+    path: &Path,
+    now: SystemTime,
+) -> Result<Vec<rustls_pki_types::CertificateRevocationListDer<'static>>, CertError> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    use x509_parser::prelude::FromDer;
+    let bytes = read(path)?;
+    let bad = |reason: String| CertError::BadCrl {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+    if crls.is_empty() {
+        return Err(bad("no X509 CRL block found".into()));
+    }
+    for crl in &crls {
+        let (_, parsed) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref())
+                .map_err(|e| bad(e.to_string()))?;
+        // A CRL without nextUpdate never expires by its own account; RFC 5280 requires the
+        // field, so treat its absence as unusable rather than as "valid forever".
+        let next = parsed
+            .next_update()
+            .ok_or_else(|| bad("CRL has no nextUpdate".into()))?;
+        let next =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(next.timestamp().max(0).unsigned_abs());
+        if next <= now {
+            return Err(CertError::CrlExpired {
+                path: path.to_path_buf(),
+                next_update: humantime::format_rfc3339_seconds(next).to_string(),
+            });
+        }
+    }
+    Ok(crls)
 }
 
 /// Loads a PEM CA bundle into a root store; every block must be a usable trust anchor.

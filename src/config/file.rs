@@ -69,6 +69,27 @@ pub struct TlsFile {
     /// `[[listener.tls.sni]]`
     #[serde(default)]
     pub sni: Vec<SniCertFile>,
+    /// Client certificates: `off`, `optional` or `required`.
+    #[serde(default)]
+    pub client_auth: ClientAuthMode,
+    /// CA bundle that issues client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// PEM CRLs for client certificates.
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
+}
+
+/// Whether the TLS handshake asks for a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// Never asked for.
+    #[default]
+    Off,
+    /// Asked for; clients without one still connect (routes decide).
+    Optional,
+    /// Every connection must present a valid certificate.
+    Required,
 }
 
 /// `[[listener.tls.sni]]`
@@ -259,6 +280,29 @@ pub struct RouteFile {
     pub require_origin: bool,
     /// `[routes.upstream_tls]`
     pub upstream_tls: Option<UpstreamTlsFile>,
+    /// `[routes.auth]`
+    #[serde(default)]
+    pub auth: RouteAuthFile,
+}
+
+/// `[routes.auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuthFile {
+    /// What a request must prove.
+    #[serde(default)]
+    pub require: RequireAuth,
+}
+
+/// The proof a route demands of each request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequireAuth {
+    /// Nothing (a route for anonymous access; say so explicitly in production configs).
+    #[default]
+    None,
+    /// A verified client certificate (listener `client_auth` optional or required).
+    Certificate,
 }
 
 /// `[routes.upstream_tls]`

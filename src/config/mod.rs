@@ -11,8 +11,9 @@ use std::time::Duration;
 use http::Uri;
 
 pub use file::{
-    AdminFile, ConfigFile, HttpFile, ListenerFile, LogFile, LogFormat, RouteFile, ShutdownFile,
-    SniCertFile, SseFile, TlsFile, Transport, UpstreamDefaultsFile, UpstreamTlsFile,
+    AdminFile, ClientAuthMode, ConfigFile, HttpFile, ListenerFile, LogFile, LogFormat, RequireAuth,
+    RouteFile, ShutdownFile, SniCertFile, SseFile, TlsFile, Transport, UpstreamDefaultsFile,
+    UpstreamTlsFile,
 };
 
 /// Why a configuration could not be loaded; every message names the key and the fix.
@@ -103,6 +104,19 @@ pub struct ServerTls {
     pub sni: Vec<SniCert>,
     /// Whether TLS 1.2 is offered in addition to 1.3.
     pub allow_tls12: bool,
+    /// Client certificate authentication.
+    pub client_auth: ClientAuth,
+}
+
+/// Client certificate settings of the listener.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// Off, optional or required.
+    pub mode: ClientAuthMode,
+    /// CA bundle; present unless `mode` is off.
+    pub ca: Option<PathBuf>,
+    /// CRL files.
+    pub crls: Vec<PathBuf>,
 }
 
 /// A certificate chosen when the client's SNI matches one of `names`.
@@ -180,6 +194,8 @@ pub struct Route {
     pub upstream: UpstreamSettings,
     /// Which browser origins may call the route.
     pub origins: crate::auth::origin::OriginPolicy,
+    /// What each request must prove.
+    pub require: RequireAuth,
 }
 
 /// Settings for the connections a route makes to its upstreams.
@@ -307,6 +323,30 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         }
     };
     let allowed_hosts = validate_hosts(&l.allowed_hosts, &public_url)?;
+    let client_auth = ClientAuth {
+        mode: l.tls.client_auth,
+        ca: l.tls.client_ca.as_deref().map(resolve),
+        crls: l.tls.client_crls.iter().map(|p| resolve(p)).collect(),
+    };
+    match (client_auth.mode, &client_auth.ca) {
+        (ClientAuthMode::Off, Some(_)) | (ClientAuthMode::Off, None)
+            if !client_auth.crls.is_empty() =>
+        {
+            return Err(ConfigError::invalid(
+                "listener.tls.client_crls",
+                "is set while client_auth is off",
+                "set client_auth = \"optional\" or \"required\", or remove the CRLs",
+            ));
+        }
+        (ClientAuthMode::Optional | ClientAuthMode::Required, None) => {
+            return Err(ConfigError::invalid(
+                "listener.tls.client_ca",
+                "is missing while client_auth is on",
+                "set client_ca to the PEM bundle of the CA that issues client certificates",
+            ));
+        }
+        _ => {}
+    }
     let listener = Listener {
         bind,
         public_url,
@@ -318,6 +358,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
             key: resolve(&l.tls.key),
             sni,
             allow_tls12,
+            client_auth,
         },
     };
 
@@ -408,6 +449,15 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     let mut routes: Vec<Route> = Vec::with_capacity(file.routes.len());
     for (i, r) in file.routes.into_iter().enumerate() {
         let route = validate_route(i, r, u, &resolve)?;
+        if route.require == RequireAuth::Certificate
+            && listener.tls.client_auth.mode == ClientAuthMode::Off
+        {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].auth.require"),
+                "asks for a client certificate but listener.tls.client_auth is off",
+                "set listener.tls.client_auth = \"optional\" (or \"required\") with client_ca",
+            ));
+        }
         if let Some(prev) = routes.iter().position(|p| p.path == route.path) {
             return Err(ConfigError::invalid(
                 format!("routes[{i}].path"),
@@ -592,6 +642,7 @@ fn validate_route(
         path: r.path,
         transport: r.transport,
         origins,
+        require: r.auth.require,
         upstreams,
         upstream: UpstreamSettings {
             connect_timeout: defaults.connect_timeout,

@@ -21,6 +21,13 @@ pub struct IssuedCert {
     pub cert_pem: String,
     /// Private key (PKCS#8), PEM.
     pub key_pem: String,
+    /// Serial number, so a test can revoke it with [`DevCa::crl`].
+    pub serial: u64,
+}
+
+/// A fresh positive serial number (the top bit clear keeps the DER integer positive).
+fn new_serial() -> u64 {
+    rand::random::<u64>() >> 1
 }
 
 impl DevCa {
@@ -54,12 +61,15 @@ impl DevCa {
                 .distinguished_name
                 .push(DnType::CommonName, first.as_str());
         }
+        let serial = new_serial();
+        params.serial_number = Some(serial.into());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
     }
 }
@@ -84,13 +94,40 @@ impl DevCa {
                     uri,
                 )?));
         }
+        let serial = new_serial();
+        params.serial_number = Some(serial.into());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
+    }
+}
+
+impl DevCa {
+    /// A PEM CRL signed by this CA revoking `serials`, valid from 2020 until 1 January of
+    /// `next_update_year` (a past year makes an expired CRL).
+    pub fn crl(&self, serials: &[u64], next_update_year: i32) -> Result<String, rcgen::Error> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(next_update_year, 1, 1),
+            crl_number: rcgen::SerialNumber::from(new_serial()),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: (*s).into(),
+                    revocation_time: rcgen::date_time_ymd(2020, 1, 2),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer)?.pem()
     }
 }
 

@@ -213,7 +213,7 @@ fn event_end_at_eof(buf: &[u8]) -> Option<usize> {
     scan_event_end(buf, true)
 }
 
-fn scan_event_end(buf: &[u8], eof: bool) -> Option<usize> {
+pub(crate) fn scan_event_end(buf: &[u8], eof: bool) -> Option<usize> {
     let mut i = 0;
     let mut line_start = 0;
     while i < buf.len() {
@@ -240,13 +240,13 @@ fn scan_event_end(buf: &[u8], eof: bool) -> Option<usize> {
     None
 }
 
-fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
     event
         .split(|&b| b == b'\n' || b == b'\r')
         .filter(|l| !l.is_empty())
 }
 
-fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
     match line.iter().position(|&b| b == b':') {
         Some(i) => {
             let value = &line[i + 1..];

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -97,16 +98,20 @@ pub enum TlsSetupError {
     /// A certificate or key was unusable.
     #[error(transparent)]
     Cert(#[from] CertError),
+    /// Client CA or CRL unusable.
+    #[error("listener.tls client certificates: {0}")]
+    ClientAuth(#[from] crate::auth::mtls::VerifierError),
     /// rustls refused the configuration (should not happen with supported versions).
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
 /// Builds the server configuration: TLS 1.3 (and 1.2 unless disabled), ALPN h2 + http/1.1,
-/// stateless session tickets, no client authentication.
+/// stateless session tickets, and client certificates checked by `client_verifier` if given.
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
     allow_tls12: bool,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let versions: &[&'static rustls::SupportedProtocolVersion] = if allow_tls12 {
@@ -114,10 +119,12 @@ pub fn server_config(
     } else {
         &[&rustls::version::TLS13]
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let config = ServerConfig::builder_with_provider(provider).with_protocol_versions(versions)?;
+    let mut config = match client_verifier {
+        Some(v) => config.with_client_cert_verifier(v),
+        None => config.with_no_client_auth(),
+    }
+    .with_cert_resolver(resolver);
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     // The default produces no tickets; a fresh ticketer per config means a config built with a
     // different client verifier can never resume sessions made under this one.

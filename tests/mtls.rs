@@ -1,0 +1,255 @@
+//! Client certificates at the listener: required and optional modes, unknown CAs, revocation
+//! through CRLs, expired CRLs refused at load, and routes that demand a certificate.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_edge::demo::pki::{DevCa, IssuedCert};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::{Pki, TestProxy, raw, start_proxy_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+struct Setup {
+    proxy: TestProxy,
+    _backend: raw::RawBackend,
+    hits: mpsc::UnboundedReceiver<Option<String>>,
+    good: IssuedCert,
+    revoked: IssuedCert,
+    stranger: IssuedCert,
+}
+
+async fn setup(mode: &str) -> Setup {
+    let (tx, hits) = mpsc::unbounded_channel();
+    let backend = raw::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(
+                req.headers()
+                    .get("x-client-cert")
+                    .map(|v| v.to_str().unwrap_or("?").to_owned()),
+            );
+            http::Response::new(raw::full("ok"))
+        }
+    })
+    .await;
+    let pki = Pki::new();
+    let good = pki
+        .ca
+        .issue_client("partner-a", Some("spiffe://partner-a.example/agent"))
+        .unwrap();
+    let revoked = pki.ca.issue_client("partner-b", None).unwrap();
+    let stranger = DevCa::new("someone else")
+        .unwrap()
+        .issue_client("intruder", None)
+        .unwrap();
+    let dir = pki.dir.path();
+    std::fs::write(dir.join("clients-ca.pem"), &pki.ca.cert_pem).unwrap();
+    std::fs::write(
+        dir.join("clients.crl"),
+        pki.ca.crl(&[revoked.serial], 2099).unwrap(),
+    )
+    .unwrap();
+    let text = format!(
+        r#"client_auth = "{mode}"
+client_ca = "clients-ca.pem"
+client_crls = ["clients.crl"]
+[[routes]]
+path = "/open"
+upstream = "http://{0}/mcp"
+[[routes]]
+path = "/partners"
+upstream = "http://{0}/mcp"
+[routes.auth]
+require = "certificate"
+"#,
+        backend.addr
+    );
+    let proxy = start_proxy_with(pki, &text).await;
+    Setup {
+        proxy,
+        _backend: backend,
+        hits,
+        good,
+        revoked,
+        stranger,
+    }
+}
+
+/// One HTTP/1.1 request over TLS, optionally presenting `cert`; returns the response text, or
+/// the error (in TLS 1.3 a refused client certificate shows up on the first read).
+async fn request(
+    proxy: &TestProxy,
+    cert: Option<&IssuedCert>,
+    path: &str,
+) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(proxy.pki.ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut cfg = match cert {
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    tls.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+        .await
+        .map_err(|_| "timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn status(resp: &str) -> &str {
+    resp.get(9..12).unwrap_or("")
+}
+
+#[tokio::test]
+async fn required_mode_admits_only_valid_unrevoked_certificates() {
+    let mut s = setup("required").await;
+    let ok = request(&s.proxy, Some(&s.good), "/partners").await.unwrap();
+    assert_eq!(status(&ok), "200", "{ok}");
+    assert!(
+        request(&s.proxy, None, "/open").await.is_err(),
+        "no certificate"
+    );
+    let e = request(&s.proxy, Some(&s.stranger), "/open")
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("UnknownCA") || e.contains("BadCertificate") || e.contains("alert"),
+        "{e}"
+    );
+    let e = request(&s.proxy, Some(&s.revoked), "/open")
+        .await
+        .unwrap_err();
+    assert!(e.contains("Revoked") || e.contains("alert"), "{e}");
+    assert!(s.hits.recv().await.is_some());
+    assert!(
+        s.hits.try_recv().is_err(),
+        "refused clients never reach the backend"
+    );
+}
+
+#[tokio::test]
+async fn optional_mode_lets_routes_decide() {
+    let mut s = setup("optional").await;
+    let open = request(&s.proxy, None, "/open").await.unwrap();
+    assert_eq!(status(&open), "200", "anonymous client on an open route");
+    let refused = request(&s.proxy, None, "/partners").await.unwrap();
+    assert_eq!(status(&refused), "403", "{refused}");
+    assert!(
+        refused.contains("client certificate required") && refused.contains("\"jsonrpc\":\"2.0\"")
+    );
+    let ok = request(&s.proxy, Some(&s.good), "/partners").await.unwrap();
+    assert_eq!(status(&ok), "200");
+    // Even when optional, a presented certificate must verify: revoked or foreign is refused.
+    assert!(request(&s.proxy, Some(&s.revoked), "/open").await.is_err());
+    assert!(request(&s.proxy, Some(&s.stranger), "/open").await.is_err());
+    assert!(s.hits.recv().await.is_some());
+    assert!(s.hits.recv().await.is_some());
+    assert!(s.hits.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn client_identity_is_read_from_the_certificate() {
+    let c = DevCa::new("ca")
+        .unwrap()
+        .issue_client("partner-a", Some("spiffe://partner-a.example/agent"))
+        .unwrap();
+    let der = CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap();
+    let id = mcp_edge::auth::mtls::ClientIdentity::from_der(der.as_ref()).unwrap();
+    assert_eq!(id.principal(), "spiffe://partner-a.example/agent");
+    assert_eq!(id.subject, "CN=partner-a");
+    assert_eq!(id.sha256_hex.len(), 64);
+    let plain = DevCa::new("ca")
+        .unwrap()
+        .issue_client("partner-b", None)
+        .unwrap();
+    let der = CertificateDer::from_pem_slice(plain.cert_pem.as_bytes()).unwrap();
+    assert_eq!(
+        mcp_edge::auth::mtls::ClientIdentity::from_der(der.as_ref())
+            .unwrap()
+            .principal(),
+        "CN=partner-b"
+    );
+}
+
+#[tokio::test]
+async fn expired_crl_and_bad_settings_refuse_to_start() {
+    support::init();
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    std::fs::write(dir.join("clients-ca.pem"), &pki.ca.cert_pem).unwrap();
+    std::fs::write(dir.join("old.crl"), pki.ca.crl(&[], 2021).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("garbage.crl"),
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    let cases = [
+        (
+            "client_auth = \"required\"\nclient_ca = \"clients-ca.pem\"\nclient_crls = [\"old.crl\"]\n",
+            "expired",
+        ),
+        (
+            "client_auth = \"required\"\nclient_ca = \"clients-ca.pem\"\nclient_crls = [\"garbage.crl\"]\n",
+            "CRL",
+        ),
+        (
+            "client_auth = \"required\"\nclient_ca = \"missing.pem\"\n",
+            "missing.pem",
+        ),
+    ];
+    for (tls, needle) in cases {
+        let text = format!(
+            "{}{tls}[[routes]]\npath = \"/mcp\"\nupstream = \"http://127.0.0.1:9/mcp\"\n",
+            support::listener_toml(&pki)
+        );
+        let cfg = mcp_edge::config::parse(&text, std::path::Path::new("t.toml"), dir).unwrap();
+        let err = match mcp_edge::app::start(cfg).await {
+            Ok(_) => panic!("started with {tls}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    }
+    for (tls, key) in [
+        ("client_auth = \"required\"\n", "listener.tls.client_ca"),
+        ("client_crls = [\"old.crl\"]\n", "listener.tls.client_crls"),
+        (
+            "[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:9/mcp\"\n[routes.auth]\nrequire = \"certificate\"\n",
+            "routes[0].auth.require",
+        ),
+    ] {
+        let text = format!(
+            "{}{tls}[[routes]]\npath = \"/mcp\"\nupstream = \"http://127.0.0.1:9/mcp\"\n",
+            support::listener_toml(&pki)
+        );
+        let err = mcp_edge::config::parse(&text, std::path::Path::new("t.toml"), dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{key} not in: {err}");
+    }
+}
