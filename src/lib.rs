@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod check;
@@ -32,6 +33,7 @@ pub mod http;
 pub mod listener;
 pub mod mcp;
 pub mod proxy;
+pub mod session;
 pub mod shutdown;
 pub mod sse;
 pub mod telemetry;

@@ -31,6 +31,11 @@ enum Command {
         #[arg(long, short, env = "MCP_EDGE_CONFIG")]
         config: PathBuf,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run a self-contained demo: dev PKI, a demo MCP backend, and the proxy in front of it.
     Demo {
         /// Address for the proxy.
@@ -39,6 +44,18 @@ enum Command {
         /// Directory for the generated certificates and config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify an audit log's hash chain: exit 0 intact, 1 tampered, 64 unreadable or bad key.
+    Verify {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+        /// HMAC key file the log was written with (32 raw bytes or base64).
+        #[arg(long, value_name = "FILE")]
+        hmac_key: Option<PathBuf>,
     },
 }
 
@@ -83,6 +100,9 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Audit {
+            command: AuditCommand::Verify { file, hmac_key },
+        } => audit_verify(&file, hmac_key.as_deref()),
         Command::Demo { bind, data_dir } => runtime(async move {
             match mcp_edge::demo::run(mcp_edge::demo::DemoOptions { bind, data_dir }).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +112,30 @@ fn main() -> ExitCode {
                 }
             }
         }),
+    }
+}
+
+fn audit_verify(file: &std::path::Path, hmac_key: Option<&std::path::Path>) -> ExitCode {
+    let key = match hmac_key.map(mcp_edge::session::load_key_file).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("mcp-edge audit verify: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match mcp_edge::audit::verify_file(file, key.as_ref().map(|k| &k[..])) {
+        Ok(report) => {
+            println!("{}: {report}", file.display());
+            if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("mcp-edge audit verify: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
