@@ -26,6 +26,9 @@ pub enum StartError {
     /// Upstream client configuration unusable.
     #[error(transparent)]
     Upstream(#[from] RouteSetupError),
+    /// A token issuer's keys could not be set up.
+    #[error(transparent)]
+    Issuers(#[from] crate::auth::bearer::IssuerSetupError),
     /// A socket could not be bound.
     #[error("cannot bind {what} on {addr}: {error}; is another process using the port?")]
     Bind {
@@ -88,7 +91,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.listener.tls.allow_tls12,
         client_verifier,
     )?;
-    let gateway = Gateway::new(config.clone())?;
+    let issuers = Arc::new(crate::auth::bearer::Issuers::build(&config.auth).await?);
+    let gateway = Gateway::new(config.clone(), issuers)?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)

@@ -48,7 +48,8 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
     let (_, certs) = tls::load_resolver(&cfg.listener.tls)
         .map_err(|e| StartError::Tls(TlsSetupError::Cert(e)))?;
     let cfg = Arc::new(cfg);
-    Gateway::new(cfg.clone()).map_err(StartError::Upstream)?;
+    // Issuer key sources are not contacted: `check` makes no network calls.
+    Gateway::new(cfg.clone(), Default::default()).map_err(StartError::Upstream)?;
 
     let now = SystemTime::now();
     if let Some(c) = certs.iter().find(|c| c.info.time_left(now).is_none()) {

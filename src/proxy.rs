@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::auth::bearer::{self, BearerError, SharedIssuers};
+use crate::auth::jwt::Claims;
 use crate::auth::mtls::ClientIdentity;
 use crate::auth::origin::{self, OriginCheck};
-use crate::config::{Config, RequireAuth, Transport};
+use crate::config::{Config, RequireAuth, Route, Transport};
 use crate::http::Body;
 use crate::http::error::ProxyError;
 use crate::http::headers::{self, MCP_METHOD, MCP_SESSION_ID, X_ACCEL_BUFFERING, X_REQUEST_ID};
@@ -30,11 +32,9 @@ use crate::upstream::{SendError, UpstreamSetupError, Upstreams};
 /// One route, ready to serve.
 #[derive(Debug)]
 struct RouteState {
+    /// Shared with access-log records and legacy session tokens.
     path: Arc<str>,
-    transport: Transport,
-    require: RequireAuth,
-    body_idle_timeout: Duration,
-    origins: crate::auth::origin::OriginPolicy,
+    config: Route,
     upstreams: Upstreams,
 }
 
@@ -54,12 +54,14 @@ pub struct RouteSetupError {
 #[derive(Debug)]
 pub struct Gateway {
     config: Arc<Config>,
+    issuers: SharedIssuers,
     routes: Vec<RouteState>,
 }
 
 impl Gateway {
-    /// Builds clients and routes from a validated config.
-    pub fn new(config: Arc<Config>) -> Result<Self, RouteSetupError> {
+    /// Builds clients and routes from a validated config, with the issuer validators built
+    /// from its `[auth]` section.
+    pub fn new(config: Arc<Config>, issuers: SharedIssuers) -> Result<Self, RouteSetupError> {
         let routes = config
             .routes
             .iter()
@@ -72,15 +74,16 @@ impl Gateway {
                 })?;
                 Ok(RouteState {
                     path: Arc::from(r.path.as_str()),
-                    transport: r.transport,
-                    require: r.require,
-                    body_idle_timeout: r.upstream.body_idle_timeout,
-                    origins: r.origins.clone(),
+                    config: r.clone(),
                     upstreams,
                 })
             })
             .collect::<Result<_, RouteSetupError>>()?;
-        Ok(Gateway { config, routes })
+        Ok(Gateway {
+            config,
+            issuers,
+            routes,
+        })
     }
 
     /// The configuration this snapshot was built from.
@@ -90,6 +93,41 @@ impl Gateway {
 
     fn route(&self, path: &str) -> Option<&RouteState> {
         self.routes.iter().find(|r| &*r.path == path)
+    }
+
+    /// Answers `GET /.well-known/oauth-protected-resource<suffix>`: the document of the
+    /// token-protected route at `<suffix>`, or of the first such route for the bare path.
+    fn metadata(&self, suffix: &str, method: &Method) -> Result<Response<Body>, ProxyError> {
+        if method != Method::GET {
+            return Err(ProxyError::MethodNotAllowed { allow: "GET" });
+        }
+        let protected = |r: &&RouteState| !r.config.issuers.is_empty();
+        let route = if suffix.is_empty() || suffix == "/" {
+            self.routes.iter().find(protected)
+        } else {
+            self.routes
+                .iter()
+                .filter(protected)
+                .find(|r| *r.path == *suffix)
+        }
+        .ok_or(ProxyError::NotFound)?;
+        let doc = bearer::metadata_document(&route.config, &self.config.auth);
+        let mut resp = Response::new(crate::http::full(doc.to_string()));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=300"),
+        );
+        // Browser-based clients fetch it cross-origin before they have any credentials.
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        Ok(resp)
     }
 }
 
@@ -208,12 +246,17 @@ impl Proxy {
             return Err(ProxyError::Forbidden("host not allowed"));
         }
 
+        // 0b. Protected Resource Metadata, which clients fetch before they have a token.
+        if let Some(suffix) = req.uri().path().strip_prefix(bearer::PRM_PATH) {
+            return gw.metadata(suffix, req.method()).map(Relayed::Local);
+        }
+
         // 1. Route.
         let route = gw.route(req.uri().path()).ok_or(ProxyError::NotFound)?;
         log.set_route(route.path.clone());
 
         // 1b. Origin: browsers must come from a listed origin; CORS preflights end here.
-        match route.origins.check(req.headers()) {
+        match route.config.origins.check(req.headers()) {
             OriginCheck::Absent => {}
             OriginCheck::Allowed(o) => *cors = Some(o),
             OriginCheck::Refused(why) => {
@@ -221,7 +264,7 @@ impl Proxy {
                 return Err(ProxyError::Forbidden("origin not allowed"));
             }
         }
-        let methods = match route.transport {
+        let methods = match route.config.transport {
             Transport::StreamableHttp => "GET, POST, DELETE",
             Transport::Sse => "GET, POST",
         };
@@ -238,13 +281,14 @@ impl Proxy {
         }
 
         // 1c. Identity the route demands.
-        if route.require == RequireAuth::Certificate && conn.client_cert.is_none() {
-            return Err(ProxyError::Forbidden("client certificate required"));
+        let claims = self.authenticate(gw, route, &req, conn).await?;
+        if let Some(c) = &claims {
+            log.set_principal(c.subject.as_deref().unwrap_or("-"));
         }
 
         // 2. Method.
         let method = req.method().clone();
-        let allowed = match route.transport {
+        let allowed = match route.config.transport {
             Transport::StreamableHttp => {
                 matches!(method, Method::POST | Method::GET | Method::DELETE)
             }
@@ -285,6 +329,14 @@ impl Proxy {
         headers::set_forwarded(h, conn.peer.ip(), original_host.as_ref());
         headers::sanitize_traceparent(h);
         h.insert(header::HOST, endpoint.host.clone());
+        // The client's credentials stop here: the backend gets the identity the proxy proved.
+        h.remove(header::AUTHORIZATION);
+        set_identity_headers(
+            h,
+            &cfg.auth.identity_header_prefix,
+            claims.as_ref(),
+            conn.client_cert.as_deref(),
+        );
         h.insert(X_REQUEST_ID, request_id.clone());
         // Compressed SSE would be buffered by the compressor; upstream hops are internal anyway.
         h.remove(header::ACCEPT_ENCODING);
@@ -307,7 +359,7 @@ impl Proxy {
         // 6. Response head.
         let h = resp.headers_mut();
         headers::strip_hop_by_hop(h);
-        if route.transport == Transport::StreamableHttp
+        if route.config.transport == Transport::StreamableHttp
             && let Some(id) = h.get(MCP_SESSION_ID)
         {
             match route.upstreams.tag_session(target.endpoint, id) {
@@ -328,7 +380,11 @@ impl Proxy {
                     .starts_with("text/event-stream")
             });
         if !is_sse {
-            return Ok(Relayed::Upstream(resp, route.body_idle_timeout, None));
+            return Ok(Relayed::Upstream(
+                resp,
+                route.config.upstream.body_idle_timeout,
+                None,
+            ));
         }
         h.remove(header::CONTENT_LENGTH);
         h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
@@ -338,19 +394,20 @@ impl Proxy {
         // Standalone GET streams are resumable elsewhere, so they end as soon as draining
         // starts; answers to POSTs (calls in flight) and legacy streams (which carry the
         // replies of their session) get the whole drain window.
-        let stop = if route.transport == Transport::StreamableHttp && method == Method::GET {
+        let stop = if route.config.transport == Transport::StreamableHttp && method == Method::GET {
             self.shutdown.drain().clone().cancelled_owned()
         } else {
             self.shutdown.deadline().clone().cancelled_owned()
         };
-        let rewriter = (route.transport == Transport::Sse && method == Method::GET).then(|| {
-            EndpointRewriter::new(
-                self.legacy.clone(),
-                route.path.clone(),
-                target.endpoint,
-                endpoint.uri.clone(),
-            )
-        });
+        let rewriter =
+            (route.config.transport == Transport::Sse && method == Method::GET).then(|| {
+                EndpointRewriter::new(
+                    self.legacy.clone(),
+                    route.path.clone(),
+                    target.endpoint,
+                    endpoint.uri.clone(),
+                )
+            });
         Ok(Relayed::Upstream(
             resp,
             cfg.sse.idle_timeout,
@@ -362,6 +419,95 @@ impl Proxy {
         ))
     }
 
+    /// Checks what the route demands (client certificate, bearer token, scopes) and returns
+    /// the token's claims when one was validated.
+    async fn authenticate(
+        &self,
+        gw: &Gateway,
+        route: &RouteState,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Option<Claims>, ProxyError> {
+        let has_cert = conn.client_cert.is_some();
+        let (cert_needed, token_needed) = match route.config.require {
+            RequireAuth::None => return Ok(None),
+            RequireAuth::Certificate => (true, false),
+            RequireAuth::Token => (false, true),
+            RequireAuth::Either => (false, !has_cert),
+            RequireAuth::Both => (true, true),
+        };
+        if cert_needed && !has_cert {
+            return Err(ProxyError::Forbidden("client certificate required"));
+        }
+        let cfg = &gw.config;
+        let metadata = bearer::metadata_url(&cfg.listener.public_url, &route.config.path);
+        let scopes = &route.config.scopes;
+        let refuse = |status: StatusCode, error: Option<(&str, &str)>, message: &'static str| {
+            ProxyError::Auth {
+                status,
+                challenge: bearer::challenge(&metadata, scopes, error),
+                message,
+            }
+        };
+        let token = match bearer::extract(req.headers(), req.uri().query()) {
+            Ok(t) => t,
+            Err(BearerError::InQuery) => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    Some((
+                        "invalid_request",
+                        "send the token in the Authorization header",
+                    )),
+                    "tokens in the query string are not accepted",
+                ));
+            }
+            Err(BearerError::Malformed) => {
+                return Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    Some(("invalid_token", "malformed bearer credentials")),
+                    "invalid token",
+                ));
+            }
+        };
+        let Some(token) = token else {
+            if token_needed {
+                return Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    None,
+                    "authentication required",
+                ));
+            }
+            return Ok(None);
+        };
+        let claims = match gw.issuers.validate(token, &route.config).await {
+            Ok(c) => c,
+            Err(e) if e.is_server_side() => {
+                tracing::warn!(route = %route.path, error = %e, "token keys unavailable");
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(("temporarily_unavailable", e.description())),
+                    "token validation unavailable",
+                ));
+            }
+            Err(e) => {
+                tracing::info!(route = %route.path, error = %e, "token refused");
+                return Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    Some(("invalid_token", e.description())),
+                    "invalid token",
+                ));
+            }
+        };
+        if !scopes.iter().all(|s| claims.scopes.contains(s)) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                Some(("insufficient_scope", "the token lacks a required scope")),
+                "insufficient scope",
+            ));
+        }
+        Ok(Some(claims))
+    }
+
     fn choose_target(
         &self,
         route: &RouteState,
@@ -369,7 +515,7 @@ impl Proxy {
         parts: &mut http::request::Parts,
     ) -> Result<Target, ProxyError> {
         let ups = &route.upstreams;
-        match route.transport {
+        match route.config.transport {
             Transport::StreamableHttp => {
                 let mut ids = parts.headers.get_all(MCP_SESSION_ID).iter();
                 let (first, second) = (ids.next(), ids.next());
@@ -414,6 +560,49 @@ impl Proxy {
                 })
             }
         }
+    }
+}
+
+/// Replaces every client-sent header with the identity prefix by what the proxy proved.
+fn set_identity_headers(
+    h: &mut http::HeaderMap,
+    prefix: &str,
+    claims: Option<&Claims>,
+    cert: Option<&ClientIdentity>,
+) {
+    let forged: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(prefix))
+        .cloned()
+        .collect();
+    for k in forged {
+        h.remove(k);
+    }
+    let mut put = |suffix: &str, value: &str| {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(name, value);
+        }
+    };
+    if let Some(c) = claims {
+        put("issuer", &c.issuer);
+        if let Some(sub) = &c.subject {
+            put("subject", sub);
+        }
+        if let Some(client) = &c.client_id {
+            put("client-id", client);
+        }
+        let scopes: Vec<&str> = c.scopes.iter().map(String::as_str).collect();
+        put("scopes", &scopes.join(" "));
+    }
+    if let Some(id) = cert {
+        put("cert-subject", &id.subject);
+        if let Some(uri) = id.uris.first() {
+            put("cert-uri", uri);
+        }
+        put("cert-sha256", &id.sha256_hex);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Identity: bearer tokens (JWT with JWKS key sources), and soon client certificates, Origin
 //! and Host checks, and the OAuth Protected Resource Metadata answered to clients.
 
+pub mod bearer;
 pub mod jwks;
 pub mod jwt;
 pub mod mtls;

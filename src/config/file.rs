@@ -29,6 +29,9 @@ pub struct ConfigFile {
     /// `[log]`
     #[serde(default)]
     pub log: LogFile,
+    /// `[auth]`
+    #[serde(default)]
+    pub auth: AuthFile,
     /// `[[routes]]`
     #[serde(default)]
     pub routes: Vec<RouteFile>,
@@ -292,6 +295,70 @@ pub struct RouteAuthFile {
     /// What a request must prove.
     #[serde(default)]
     pub require: RequireAuth,
+    /// Issuers whose tokens the route accepts (default: every `[[auth.issuers]]`).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Scopes every token must carry.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `[auth]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// `[[auth.issuers]]`
+    #[serde(default)]
+    pub issuers: Vec<IssuerFile>,
+    /// Prefix of the identity headers sent upstream (client copies are always removed).
+    #[serde(default = "defaults::identity_header_prefix")]
+    pub identity_header_prefix: String,
+}
+
+impl Default for AuthFile {
+    fn default() -> Self {
+        AuthFile {
+            issuers: Vec::new(),
+            identity_header_prefix: defaults::identity_header_prefix(),
+        }
+    }
+}
+
+/// `[[auth.issuers]]`: one token issuer and where its verification keys come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted signature algorithms (e.g. `["ES256", "RS256"]`).
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` / `nbf`.
+    #[serde(default = "defaults::leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Largest accepted token.
+    #[serde(default = "defaults::max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Authorization server advertised in the protected resource metadata (default: `issuer`).
+    pub authorization_server: Option<String>,
+    /// Remote JWKS (https).
+    pub jwks_url: Option<String>,
+    /// CA bundle for `jwks_url` (default: the system bundle file).
+    pub jwks_ca: Option<PathBuf>,
+    /// Scheduled JWKS refresh.
+    #[serde(default = "defaults::jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Least time between fetches caused by unknown key ids.
+    #[serde(default = "defaults::jwks_min_refetch", with = "humantime_serde")]
+    pub jwks_min_refetch_interval: Duration,
+    /// Last good JWKS persisted here and used when the IdP is down at start.
+    pub jwks_cache_file: Option<PathBuf>,
+    /// JWKS document on disk.
+    pub jwks_file: Option<PathBuf>,
+    /// PEM public keys.
+    #[serde(default)]
+    pub pem_keys: Vec<PathBuf>,
+    /// Shared secret for HS* algorithms.
+    pub hmac_secret_file: Option<PathBuf>,
 }
 
 /// The proof a route demands of each request.
@@ -303,6 +370,12 @@ pub enum RequireAuth {
     None,
     /// A verified client certificate (listener `client_auth` optional or required).
     Certificate,
+    /// A valid bearer token.
+    Token,
+    /// A token or a certificate.
+    Either,
+    /// A token and a certificate.
+    Both,
 }
 
 /// `[routes.upstream_tls]`
@@ -384,6 +457,21 @@ mod defaults {
         // connections than peak concurrency, the excess is reconnected per request
         // (measured: h2 throughput halves at 32). Idle ones still expire after 90 s.
         512
+    }
+    pub fn identity_header_prefix() -> String {
+        "x-mcp-edge-".to_owned()
+    }
+    pub fn leeway() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn max_token_bytes() -> usize {
+        8 * 1024
+    }
+    pub fn jwks_refresh() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn jwks_min_refetch() -> Duration {
+        Duration::from_secs(30)
     }
     pub fn log_level() -> String {
         "info".to_owned()

@@ -11,9 +11,9 @@ use std::time::Duration;
 use http::Uri;
 
 pub use file::{
-    AdminFile, ClientAuthMode, ConfigFile, HttpFile, ListenerFile, LogFile, LogFormat, RequireAuth,
-    RouteFile, ShutdownFile, SniCertFile, SseFile, TlsFile, Transport, UpstreamDefaultsFile,
-    UpstreamTlsFile,
+    AdminFile, AuthFile, ClientAuthMode, ConfigFile, HttpFile, IssuerFile, ListenerFile, LogFile,
+    LogFormat, RequireAuth, RouteFile, ShutdownFile, SniCertFile, SseFile, TlsFile, Transport,
+    UpstreamDefaultsFile, UpstreamTlsFile,
 };
 
 /// Why a configuration could not be loaded; every message names the key and the fix.
@@ -72,8 +72,36 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Logging.
     pub log: LogSettings,
+    /// Token issuers and identity headers.
+    pub auth: AuthSettings,
     /// Routes, in the order given.
     pub routes: Vec<Route>,
+}
+
+/// Validated `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Token issuers, in configured order.
+    pub issuers: Vec<IssuerSettings>,
+    /// Prefix of identity headers sent upstream; client-sent headers with it are removed.
+    pub identity_header_prefix: String,
+}
+
+/// One token issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// Exact `iss`.
+    pub issuer: String,
+    /// Accepted algorithms.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Clock skew tolerated.
+    pub leeway: Duration,
+    /// Largest accepted token.
+    pub max_token_bytes: usize,
+    /// Authorization server URL for the protected resource metadata.
+    pub authorization_server: String,
+    /// Where the verification keys come from.
+    pub keys: crate::auth::jwks::KeySource,
 }
 
 /// Validated public listener settings.
@@ -196,6 +224,12 @@ pub struct Route {
     pub origins: crate::auth::origin::OriginPolicy,
     /// What each request must prove.
     pub require: RequireAuth,
+    /// Issuers whose tokens are accepted (all configured ones unless restricted).
+    pub issuers: Vec<String>,
+    /// Scopes every token must carry.
+    pub scopes: Vec<String>,
+    /// The route's canonical resource URI (token audience, RFC 8707): `public_url` + `path`.
+    pub resource: String,
 }
 
 /// Settings for the connections a route makes to its upstreams.
@@ -439,6 +473,8 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     )?;
     nonzero("upstream.body_idle_timeout", u.body_idle_timeout)?;
 
+    let auth = validate_auth(file.auth, &resolve)?;
+
     if file.routes.is_empty() {
         return Err(ConfigError::invalid(
             "routes",
@@ -448,8 +484,50 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     }
     let mut routes: Vec<Route> = Vec::with_capacity(file.routes.len());
     for (i, r) in file.routes.into_iter().enumerate() {
-        let route = validate_route(i, r, u, &resolve)?;
-        if route.require == RequireAuth::Certificate
+        let mut route = validate_route(i, r, u, &resolve)?;
+        route.resource = crate::auth::jwt::canonical_resource(&format!(
+            "{}{}",
+            listener.public_url.to_string().trim_end_matches('/'),
+            route.path
+        ))
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                format!("routes[{i}].path"),
+                "does not form a resource URI with listener.public_url",
+                "use a plain path such as \"/mcp\"",
+            )
+        })?;
+        let needs_token = matches!(
+            route.require,
+            RequireAuth::Token | RequireAuth::Either | RequireAuth::Both
+        );
+        if needs_token && auth.issuers.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].auth.require"),
+                "asks for tokens but no [[auth.issuers]] is configured",
+                "add an [[auth.issuers]] table, or require \"certificate\" or \"none\"",
+            ));
+        }
+        if route.issuers.is_empty() && needs_token {
+            route.issuers = auth.issuers.iter().map(|s| s.issuer.clone()).collect();
+        }
+        for (j, iss) in route.issuers.iter().enumerate() {
+            if !auth.issuers.iter().any(|s| &s.issuer == iss) {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].auth.issuers[{j}]"),
+                    format!("`{iss}` is not an [[auth.issuers]] issuer"),
+                    "use the exact `issuer` value of a configured issuer",
+                ));
+            }
+        }
+        if !needs_token && (!route.issuers.is_empty() || !route.scopes.is_empty()) {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].auth"),
+                "issuers or scopes are set but the route does not take tokens",
+                "set require = \"token\", \"either\" or \"both\", or remove them",
+            ));
+        }
+        if matches!(route.require, RequireAuth::Certificate | RequireAuth::Both)
             && listener.tls.client_auth.mode == ClientAuthMode::Off
         {
             return Err(ConfigError::invalid(
@@ -484,6 +562,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
             drain_timeout: file.shutdown.drain_timeout,
         },
         admin,
+        auth,
         log: LogSettings {
             format: file.log.format,
             level: file.log.level,
@@ -638,11 +717,29 @@ fn validate_route(
         origins.allowed.push(parsed);
     }
 
+    for (j, s) in r.auth.scopes.iter().enumerate() {
+        // RFC 6749 scope-token: printable ASCII except space, `"` and `\`.
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b > 0x20 && b < 0x7f && b != b'"' && b != b'\\')
+        {
+            return Err(ConfigError::invalid(
+                key(&format!("auth.scopes[{j}]")),
+                format!("`{s}` is not a scope token"),
+                "use one scope per list entry, without spaces or quotes",
+            ));
+        }
+    }
+
     Ok(Route {
         path: r.path,
         transport: r.transport,
         origins,
         require: r.auth.require,
+        issuers: r.auth.issuers,
+        scopes: r.auth.scopes,
+        resource: String::new(),
         upstreams,
         upstream: UpstreamSettings {
             connect_timeout: defaults.connect_timeout,
@@ -679,6 +776,153 @@ fn parse_public_url(s: &str) -> Result<Uri, ConfigError> {
         return Err(bad(format!("`{s}` has a path or query")));
     }
     Ok(uri)
+}
+
+fn validate_auth(
+    a: AuthFile,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<AuthSettings, ConfigError> {
+    use crate::auth::jwks::{JwksUrlConfig, KeySource};
+    let prefix = a.identity_header_prefix.to_ascii_lowercase();
+    if prefix.is_empty()
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(ConfigError::invalid(
+            "auth.identity_header_prefix",
+            format!("`{prefix}` cannot start a header name"),
+            "use letters, digits and `-`, e.g. \"x-mcp-edge-\"",
+        ));
+    }
+    let mut issuers: Vec<IssuerSettings> = Vec::with_capacity(a.issuers.len());
+    for (i, f) in a.issuers.into_iter().enumerate() {
+        let key = |k: &str| format!("auth.issuers[{i}].{k}");
+        if f.issuer.is_empty() {
+            return Err(ConfigError::invalid(
+                key("issuer"),
+                "is empty",
+                "set the exact `iss` value of the tokens",
+            ));
+        }
+        if issuers.iter().any(|p| p.issuer == f.issuer) {
+            return Err(ConfigError::invalid(
+                key("issuer"),
+                format!("`{}` is configured twice", f.issuer),
+                "configure each issuer once",
+            ));
+        }
+        if f.algorithms.is_empty() {
+            return Err(ConfigError::invalid(
+                key("algorithms"),
+                "is empty",
+                "list the algorithms the issuer signs with, e.g. [\"ES256\"]",
+            ));
+        }
+        let mut algorithms = Vec::with_capacity(f.algorithms.len());
+        for (j, name) in f.algorithms.iter().enumerate() {
+            let alg: jsonwebtoken::Algorithm = name.parse().map_err(|_| {
+                ConfigError::invalid(
+                    key(&format!("algorithms[{j}]")),
+                    format!("`{name}` is not a supported algorithm"),
+                    "use RS256/384/512, PS256/384/512, ES256/384, EdDSA, or HS256/384/512 with hmac_secret_file",
+                )
+            })?;
+            algorithms.push(alg);
+        }
+        if f.max_token_bytes < 256 {
+            return Err(ConfigError::invalid(
+                key("max_token_bytes"),
+                format!("{} is too small for any JWT", f.max_token_bytes),
+                "keep the default 8192",
+            ));
+        }
+        let sources = usize::from(f.jwks_url.is_some())
+            + usize::from(f.jwks_file.is_some())
+            + usize::from(!f.pem_keys.is_empty())
+            + usize::from(f.hmac_secret_file.is_some());
+        if sources != 1 {
+            return Err(ConfigError::invalid(
+                key("jwks_url"),
+                format!("{sources} key sources are set"),
+                "set exactly one of jwks_url, jwks_file, pem_keys, hmac_secret_file",
+            ));
+        }
+        let keys = if let Some(url) = &f.jwks_url {
+            let uri: Uri = url.parse().map_err(|_| {
+                ConfigError::invalid(
+                    key("jwks_url"),
+                    format!("`{url}` is not a URL"),
+                    "write the https:// URL of the JWKS document",
+                )
+            })?;
+            if uri.scheme_str() != Some("https") || has_user_info(&uri) {
+                return Err(ConfigError::invalid(
+                    key("jwks_url"),
+                    "must be an https:// URL without user info",
+                    "keys fetched over plain HTTP could be forged in transit",
+                ));
+            }
+            if f.jwks_refresh < Duration::from_secs(60)
+                || f.jwks_min_refetch_interval < Duration::from_secs(1)
+            {
+                return Err(ConfigError::invalid(
+                    key("jwks_refresh"),
+                    "jwks_refresh under 1m or jwks_min_refetch_interval under 1s",
+                    "keep the defaults (10m, 30s): a short interval hammers the IdP",
+                ));
+            }
+            let mut c = JwksUrlConfig::new(uri);
+            c.ca = f.jwks_ca.as_deref().map(resolve);
+            c.refresh = f.jwks_refresh;
+            c.min_refetch_interval = f.jwks_min_refetch_interval;
+            c.cache_file = f.jwks_cache_file.as_deref().map(resolve);
+            KeySource::JwksUrl(c)
+        } else if let Some(p) = &f.jwks_file {
+            KeySource::JwksFile(resolve(p))
+        } else if let Some(p) = &f.hmac_secret_file {
+            KeySource::HmacSecretFile(resolve(p))
+        } else {
+            KeySource::PemKeys(f.pem_keys.iter().map(|p| resolve(p)).collect())
+        };
+        let hmac = algorithms.iter().any(|a| {
+            matches!(
+                a,
+                jsonwebtoken::Algorithm::HS256
+                    | jsonwebtoken::Algorithm::HS384
+                    | jsonwebtoken::Algorithm::HS512
+            )
+        });
+        if hmac != matches!(keys, KeySource::HmacSecretFile(_))
+            || (hmac
+                && algorithms.iter().any(|a| {
+                    !matches!(
+                        a,
+                        jsonwebtoken::Algorithm::HS256
+                            | jsonwebtoken::Algorithm::HS384
+                            | jsonwebtoken::Algorithm::HS512
+                    )
+                }))
+        {
+            return Err(ConfigError::invalid(
+                key("algorithms"),
+                "HS* algorithms and hmac_secret_file must go together, without asymmetric algorithms",
+                "an HMAC secret is never derived from a public key: use one or the other",
+            ));
+        }
+        issuers.push(IssuerSettings {
+            authorization_server: f.authorization_server.unwrap_or_else(|| f.issuer.clone()),
+            issuer: f.issuer,
+            algorithms,
+            leeway: f.leeway,
+            max_token_bytes: f.max_token_bytes,
+            keys,
+        });
+    }
+    Ok(AuthSettings {
+        issuers,
+        identity_header_prefix: prefix,
+    })
 }
 
 /// Normalises `listener.allowed_hosts`, defaulting to the host of `public_url`.

@@ -29,6 +29,16 @@ pub enum ProxyError {
     /// Host or Origin refused (the reason goes to the log, not to the client).
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Authentication failed or is missing: 401 (or 400/403/503) with a Bearer challenge.
+    #[error("{message}")]
+    Auth {
+        /// 400 invalid_request, 401 no/invalid token, 403 insufficient scope, 503 keys down.
+        status: StatusCode,
+        /// The `WWW-Authenticate` value.
+        challenge: HeaderValue,
+        /// What the JSON-RPC body says.
+        message: &'static str,
+    },
     /// A header the proxy needs to read is malformed.
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
@@ -49,6 +59,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Auth { status, .. } => *status,
             ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -72,6 +83,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::Auth { status, .. } => match status.as_u16() {
+                401 => "unauthorized",
+                403 => "insufficient_scope",
+                503 => "auth_unavailable",
+                _ => "bad_auth_request",
+            },
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
         }
@@ -91,8 +108,14 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let ProxyError::MethodNotAllowed { allow } = self {
-            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        match self {
+            ProxyError::MethodNotAllowed { allow } => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ProxyError::Auth { challenge, .. } => {
+                h.insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            _ => {}
         }
         resp
     }

@@ -1,0 +1,242 @@
+//! Bearer tokens on the request path: taking the token from the request (header only, never
+//! the query string), choosing and running the issuer's validator, and the answers clients use
+//! to discover how to authenticate: `WWW-Authenticate` challenges (RFC 6750, RFC 9728) and the
+//! OAuth Protected Resource Metadata document.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::auth::jwks::{KeySourceError, KeyStore};
+use crate::auth::jwt::{Claims, IssuerPolicy, PolicyError, TokenError, unverified_issuer};
+use crate::config::{AuthSettings, Route};
+
+/// Path prefix of the Protected Resource Metadata documents (RFC 9728 §3).
+pub const PRM_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// Why no usable bearer token could be taken from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerError {
+    /// `Authorization` present but not a single well-formed `Bearer` credential.
+    Malformed,
+    /// A token in the query string (`access_token=`), which is refused: URLs end up in logs.
+    InQuery,
+}
+
+/// The bearer token of a request, if any; only the `Authorization` header is considered.
+pub fn extract<'h>(
+    headers: &'h HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<&'h str>, BearerError> {
+    if query.is_some_and(|q| {
+        q.split('&')
+            .any(|p| p.split('=').next() == Some("access_token"))
+    }) {
+        return Err(BearerError::InQuery);
+    }
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(v), None) => v,
+        (Some(_), Some(_)) => return Err(BearerError::Malformed),
+    };
+    let text = value.to_str().map_err(|_| BearerError::Malformed)?;
+    let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic, …) is no bearer credential at all: RFC 6750 §3 answers it
+        // like a request without credentials.
+        return Ok(None);
+    }
+    let token = token.trim_start_matches(' ');
+    // RFC 6750 b64token: letters, digits, "-._~+/" and trailing "=".
+    let body = token.trim_end_matches('=');
+    if body.is_empty()
+        || !body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+    {
+        return Err(BearerError::Malformed);
+    }
+    Ok(Some(token))
+}
+
+/// Why the issuer validators could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerSetupError {
+    /// A key source failed.
+    #[error("auth.issuers `{issuer}`: {error}")]
+    Keys {
+        /// The issuer.
+        issuer: String,
+        /// What failed.
+        error: KeySourceError,
+    },
+    /// The policy was refused.
+    #[error("auth.issuers: {0}")]
+    Policy(#[from] PolicyError),
+}
+
+/// Validators for every configured issuer.
+#[derive(Debug, Clone, Default)]
+pub struct Issuers {
+    by_issuer: HashMap<String, IssuerPolicy>,
+    largest_token: usize,
+}
+
+impl Issuers {
+    /// Builds each issuer's key store (remote JWKS are fetched in the background) and policy.
+    pub async fn build(auth: &AuthSettings) -> Result<Issuers, IssuerSetupError> {
+        let mut by_issuer = HashMap::with_capacity(auth.issuers.len());
+        let mut largest_token = 0;
+        for s in &auth.issuers {
+            let keys =
+                KeyStore::new(s.keys.clone())
+                    .await
+                    .map_err(|error| IssuerSetupError::Keys {
+                        issuer: s.issuer.clone(),
+                        error,
+                    })?;
+            let policy = IssuerPolicy::new(
+                s.issuer.clone(),
+                s.algorithms.clone(),
+                s.leeway,
+                s.max_token_bytes,
+                keys,
+            )?;
+            largest_token = largest_token.max(s.max_token_bytes);
+            by_issuer.insert(s.issuer.clone(), policy);
+        }
+        Ok(Issuers {
+            by_issuer,
+            largest_token,
+        })
+    }
+
+    /// Validates `token` for `route`: its issuer must be one the route accepts, and the token
+    /// must be meant for the route's resource.
+    pub async fn validate(&self, token: &str, route: &Route) -> Result<Claims, TokenError> {
+        let iss = unverified_issuer(token, self.largest_token.max(1))?;
+        if !route.issuers.contains(&iss) {
+            return Err(TokenError::WrongIssuer);
+        }
+        let policy = self.by_issuer.get(&iss).ok_or(TokenError::WrongIssuer)?;
+        policy.validate(token, &route.resource).await
+    }
+}
+
+/// The URL of a route's Protected Resource Metadata document.
+pub fn metadata_url(public_url: &http::Uri, route_path: &str) -> String {
+    format!(
+        "{}{PRM_PATH}{route_path}",
+        public_url.to_string().trim_end_matches('/')
+    )
+}
+
+/// The Protected Resource Metadata document (RFC 9728) for a token-protected route.
+pub fn metadata_document(route: &Route, auth: &AuthSettings) -> serde_json::Value {
+    let servers: Vec<&str> = auth
+        .issuers
+        .iter()
+        .filter(|s| route.issuers.contains(&s.issuer))
+        .map(|s| s.authorization_server.as_str())
+        .collect();
+    serde_json::json!({
+        "resource": route.resource,
+        "authorization_servers": servers,
+        "scopes_supported": route.scopes,
+        "bearer_methods_supported": ["header"],
+    })
+}
+
+/// A `WWW-Authenticate: Bearer …` challenge; `error` is `invalid_token`,
+/// `insufficient_scope`, `invalid_request` or none (no credentials were presented).
+pub fn challenge(
+    resource_metadata: &str,
+    scopes: &[String],
+    error: Option<(&str, &str)>,
+) -> HeaderValue {
+    let mut v = format!("Bearer resource_metadata=\"{resource_metadata}\"");
+    if !scopes.is_empty() {
+        v.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
+    }
+    if let Some((code, description)) = error {
+        v.push_str(&format!(
+            ", error=\"{code}\", error_description=\"{description}\""
+        ));
+    }
+    // Every part is config-validated or a fixed string: always a valid header value.
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+/// Shared, immutable issuer validators.
+pub type SharedIssuers = Arc<Issuers>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(values: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for v in values {
+            m.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(extract(&h(&[]), None), Ok(None));
+        assert_eq!(
+            extract(&h(&["Bearer abc.def-ghi_~+/=="]), None),
+            Ok(Some("abc.def-ghi_~+/=="))
+        );
+        assert_eq!(extract(&h(&["bearer abc"]), None), Ok(Some("abc")));
+        assert_eq!(extract(&h(&["Basic dXNlcjpwYXNz"]), None), Ok(None));
+        assert_eq!(extract(&h(&["Token abc"]), None), Ok(None));
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a\"b",
+            "Bearer ====",
+        ] {
+            assert_eq!(
+                extract(&h(&[bad]), None),
+                Err(BearerError::Malformed),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            extract(&h(&["Bearer a", "Bearer b"]), None),
+            Err(BearerError::Malformed)
+        );
+        assert_eq!(
+            extract(&h(&[]), Some("x=1&access_token=abc")),
+            Err(BearerError::InQuery)
+        );
+        assert_eq!(
+            extract(&h(&["Bearer a"]), Some("access_token")),
+            Err(BearerError::InQuery)
+        );
+        assert_eq!(extract(&h(&[]), Some("not_access_token=1")), Ok(None));
+    }
+
+    #[test]
+    fn challenges() {
+        let c = challenge(
+            "https://e/.well-known/oauth-protected-resource/mcp",
+            &["a".into(), "b".into()],
+            None,
+        );
+        assert_eq!(
+            c,
+            "Bearer resource_metadata=\"https://e/.well-known/oauth-protected-resource/mcp\", scope=\"a b\""
+        );
+        let c = challenge("https://e/x", &[], Some(("invalid_token", "token expired")));
+        assert_eq!(
+            c,
+            "Bearer resource_metadata=\"https://e/x\", error=\"invalid_token\", error_description=\"token expired\""
+        );
+    }
+}
