@@ -687,7 +687,7 @@ const SYSTEM_CA_FILES: &[&str] = &[
 
 /// The system trust store, read from `SSL_CERT_FILE` or the first well-known bundle file.
 /// Certificates rustls cannot use are skipped (system bundles carry a few odd ones).
-fn system_roots() -> Result<rustls::RootCertStore, KeySourceError> {
+pub(crate) fn system_roots() -> Result<rustls::RootCertStore, KeySourceError> {
     let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
     let path = from_env
         .into_iter()

@@ -130,8 +130,8 @@ pub struct Claims {
     pub expires_at: u64,
     /// `kid` of the header, if any.
     pub key_id: Option<String>,
-    /// Algorithm the token was verified with.
-    pub algorithm: Algorithm,
+    /// Algorithm a JWT was verified with; `None` for opaque tokens checked by introspection.
+    pub algorithm: Option<Algorithm>,
     /// All claims, as sent.
     pub raw: Map<String, Value>,
 }
@@ -302,7 +302,7 @@ impl IssuerPolicy {
                 .map(str::to_owned),
             expires_at: exp.max(0.0) as u64,
             key_id: kid.map(str::to_owned),
-            algorithm: alg,
+            algorithm: Some(alg),
             raw: claims,
         })
     }
@@ -539,7 +539,7 @@ mod tests {
         assert_eq!(claims.client_id.as_deref(), Some("client-1"));
         assert_eq!(claims.cnf_x5t_s256.as_deref(), Some("abc"));
         assert_eq!(claims.raw["org"], "acme");
-        assert_eq!(claims.algorithm, Algorithm::ES256);
+        assert_eq!(claims.algorithm, Some(Algorithm::ES256));
         assert_eq!(claims.audience.len(), 2);
         assert_eq!(unverified_issuer(&sign(&f, &c), 4096).unwrap(), ISS);
     }

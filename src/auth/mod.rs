@@ -2,6 +2,7 @@
 //! and Host checks, and the OAuth Protected Resource Metadata answered to clients.
 
 pub mod bearer;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod mtls;
