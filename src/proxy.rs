@@ -23,6 +23,7 @@ use crate::config::{Config, RequireAuth, Route, Transport};
 use crate::http::Body;
 use crate::http::error::ProxyError;
 use crate::http::headers::{self, MCP_METHOD, MCP_SESSION_ID, X_ACCEL_BUFFERING, X_REQUEST_ID};
+use crate::mcp::{self, ProtocolVersion};
 use crate::shutdown::Shutdown;
 use crate::sse::legacy::{EndpointRewriter, LegacySessions};
 use crate::sse::{RelayBody, SseOptions};
@@ -311,11 +312,24 @@ impl Proxy {
             }
         }
 
-        // 4. Endpoint: session affinity first, then round-robin.
+        // 4. Endpoint: session affinity first, then round-robin. An unknown session is
+        // refused here, before its body is read.
         let (mut parts, body) = req.into_parts();
         let target = self.choose_target(route, &method, &mut parts)?;
         let endpoint = &route.upstreams.endpoints()[target.endpoint];
         log.set_upstream(&endpoint.uri);
+
+        // 4b. MCP inspection of POSTs: the JSON-RPC envelope (capped, fully read so the
+        // decision and the backend see the same bytes) and, in the 2026-07-28 era, the
+        // Mcp-Method / Mcp-Name headers against it. GET and DELETE carry no JSON-RPC body.
+        let body: Body = if method == Method::POST {
+            let bytes = self
+                .inspect_post(route, &parts.headers, body, limit, cfg, log)
+                .await?;
+            crate::http::full(bytes)
+        } else {
+            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
+        };
 
         // 5. Upstream request.
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -342,8 +356,6 @@ impl Proxy {
         h.remove(header::ACCEPT_ENCODING);
         parts.uri = target.uri;
         parts.version = http::Version::HTTP_11;
-        let body: Body =
-            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync();
         let upstream_req = Request::from_parts(parts, body);
 
         let mut resp = route
@@ -508,6 +520,64 @@ impl Proxy {
         Ok(Some(claims))
     }
 
+    /// Reads and checks a POST body as JSON-RPC for `route`, returning the bytes to forward.
+    async fn inspect_post(
+        &self,
+        route: &RouteState,
+        headers: &http::HeaderMap,
+        body: Incoming,
+        limit: u64,
+        cfg: &Config,
+        log: &mut AccessLog,
+    ) -> Result<bytes::Bytes, ProxyError> {
+        let version = match route.config.transport {
+            Transport::StreamableHttp => {
+                mcp::protocol_version(headers).map_err(|e| ProxyError::Protocol {
+                    status: e.status(),
+                    body: e.body(),
+                    kind: e.kind(),
+                })?
+            }
+            Transport::Sse => ProtocolVersion::V2024_11_05,
+        };
+        let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+        // A client that trickles its body is cut off like one that trickles its head.
+        let bytes =
+            match tokio::time::timeout(cfg.http.header_read_timeout, mcp::read_capped(body, cap))
+                .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return Err(envelope_error(&e)),
+                Err(_) => {
+                    return Err(ProxyError::Protocol {
+                        status: StatusCode::REQUEST_TIMEOUT,
+                        body: mcp::json_rpc_error_body(
+                            -32000,
+                            "request body not received in time",
+                            None,
+                        ),
+                        kind: "body_timeout",
+                    });
+                }
+            };
+        let envelope = mcp::envelope::parse_for(&bytes, version).map_err(|e| envelope_error(&e))?;
+        if let Some(m) = envelope.messages().iter().find_map(|m| m.method.as_deref())
+            && let Ok(v) = HeaderValue::from_str(m)
+        {
+            log.set_mcp_method(Some(&v));
+        }
+        if route.config.transport == Transport::StreamableHttp {
+            for m in envelope.messages() {
+                mcp::check_consistency(headers, m, version).map_err(|e| ProxyError::Protocol {
+                    status: e.status(),
+                    body: e.body(),
+                    kind: e.kind(),
+                })?;
+            }
+        }
+        Ok(bytes)
+    }
+
     fn choose_target(
         &self,
         route: &RouteState,
@@ -603,6 +673,14 @@ fn set_identity_headers(
             put("cert-uri", uri);
         }
         put("cert-sha256", &id.sha256_hex);
+    }
+}
+
+fn envelope_error(e: &mcp::EnvelopeError) -> ProxyError {
+    ProxyError::Protocol {
+        status: e.status(),
+        body: e.body(),
+        kind: e.kind(),
     }
 }
 

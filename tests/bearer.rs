@@ -122,7 +122,7 @@ async fn send(
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
-    req.body("{}").send().await.unwrap()
+    req.body(support::PING).send().await.unwrap()
 }
 
 /// Asserts a refusal: status, challenge parameters, JSON-RPC body.
@@ -306,7 +306,7 @@ async fn valid_token_reaches_backend_as_identity_without_authorization() {
         .header("authorization", format!("Bearer {token}"))
         .header("x-mcp-edge-subject", "forged-admin")
         .header("x-mcp-edge-scopes", "everything")
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();

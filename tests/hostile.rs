@@ -12,6 +12,9 @@ use support::{TestProxy, raw, route, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// A valid JSON-RPC request body (40 bytes); the proxy now reads every POST as JSON-RPC.
+const PING: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+
 async fn tls(proxy: &TestProxy) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -85,12 +88,12 @@ async fn malformed_http_is_refused_before_the_backend() {
         ),
         (
             "duplicate Mcp-Session-Id",
-            b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: a\r\nMcp-Session-Id: b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: a\r\nMcp-Session-Id: b\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}"
                 .to_vec(),
         ),
         (
             "non-ASCII session id",
-            b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: \xff\xfe.\xfd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: \xff\xfe.\xfd\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}"
                 .to_vec(),
         ),
         (
@@ -118,7 +121,7 @@ async fn malformed_http_is_refused_before_the_backend() {
     // The proxy still serves well-formed requests.
     let ok = raw_exchange(
         &proxy,
-        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}",
     )
     .await;
     assert_eq!(status_of(&ok), "200", "{ok}");
@@ -223,7 +226,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
     })
     .await;
     let proxy = start_proxy(&route("/mcp", &format!("http://{}/mcp", backend.addr))).await;
-    let smuggle = b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /mcp HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let smuggle = b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n28\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r\n0\r\n\r\nGET /mcp HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let response = raw_exchange(&proxy, smuggle).await;
     assert!(
         status_of(&response).starts_with('4')
@@ -233,10 +236,10 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
     let (path, cl, body) = seen.recv().await.unwrap();
     assert_eq!(path, "/mcp");
     assert!(
-        cl.as_ref().is_none_or(|v| v == "2"),
+        cl.as_ref().is_none_or(|v| v == "40"),
         "stale Content-Length forwarded: {cl:?}"
     );
-    assert_eq!(body.as_deref(), Some(&b"{}"[..]));
+    assert_eq!(body.as_deref(), Some(PING));
     assert!(
         tokio::time::timeout(Duration::from_millis(500), seen.recv())
             .await

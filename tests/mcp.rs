@@ -337,14 +337,14 @@ async fn legacy_sse_endpoint_is_rewritten_and_messages_reach_the_same_backend() 
     // Forged and missing tokens never reach the backend.
     let forged = c
         .post(proxy.url("/sse?sessionId=0123"))
-        .json(&serde_json::json!({}))
+        .body(support::PING)
         .send()
         .await
         .unwrap();
     assert_eq!(forged.status(), 404);
     let missing = c
         .post(proxy.url("/sse"))
-        .json(&serde_json::json!({}))
+        .body(support::PING)
         .send()
         .await
         .unwrap();

@@ -109,7 +109,9 @@ async fn request(
         .await
         .map_err(|e| e.to_string())?;
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        support::PING.len(),
+        support::PING
     );
     tls.write_all(req.as_bytes())
         .await

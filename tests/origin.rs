@@ -62,7 +62,7 @@ async fn foreign_null_and_duplicate_origins_are_refused() {
             let resp = c
                 .post(proxy.url("/mcp"))
                 .header("origin", origin)
-                .body("{}")
+                .body(support::PING)
                 .send()
                 .await
                 .unwrap();
@@ -72,7 +72,7 @@ async fn foreign_null_and_duplicate_origins_are_refused() {
             .post(proxy.url("/mcp"))
             .header("origin", "https://app.example.com")
             .header("origin", "https://app.example.com")
-            .body("{}")
+            .body(support::PING)
             .send()
             .await
             .unwrap();
@@ -80,7 +80,7 @@ async fn foreign_null_and_duplicate_origins_are_refused() {
         // A browser-only route refuses requests without Origin.
         assert_forbidden(
             c.post(proxy.url("/browser-only"))
-                .body("{}")
+                .body(support::PING)
                 .send()
                 .await
                 .unwrap(),
@@ -97,13 +97,18 @@ async fn foreign_null_and_duplicate_origins_are_refused() {
 async fn allowed_and_absent_origins_pass_with_cors_headers() {
     let (proxy, _backend, mut hits) = setup().await;
     let c = proxy.client(false);
-    let resp = c.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let resp = c
+        .post(proxy.url("/mcp"))
+        .body(support::PING)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "server-side clients send no Origin");
     assert!(resp.headers().get("access-control-allow-origin").is_none());
     let resp = c
         .post(proxy.url("/mcp"))
         .header("origin", "HTTPS://APP.example.com:443")
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();
@@ -122,7 +127,7 @@ async fn allowed_and_absent_origins_pass_with_cors_headers() {
     let resp = c
         .post(proxy.url("/browser-only"))
         .header("origin", "null")
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();

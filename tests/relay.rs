@@ -88,7 +88,9 @@ async fn request_and_response_headers_are_rewritten() {
             .header("last-event-id", "ev-7")
             .header("accept", "application/json, text/event-stream")
             .header("accept-encoding", "gzip")
-            .body("{}")
+            .body(
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{}}}"#,
+            )
             .send()
             .await
             .unwrap();
@@ -165,7 +167,7 @@ async fn generated_request_id_when_absent_and_session_id_untagged_back() {
     let client = proxy.client(false);
     let first = client
         .post(proxy.url("/mcp"))
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();
@@ -180,7 +182,7 @@ async fn generated_request_id_when_absent_and_session_id_untagged_back() {
     let second = client
         .post(proxy.url("/mcp"))
         .header("mcp-session-id", &sid)
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();
@@ -213,7 +215,7 @@ async fn backend_down_is_502_json() {
     let resp = proxy
         .client(false)
         .post(proxy.url("/mcp"))
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();
@@ -235,7 +237,7 @@ async fn backend_that_never_answers_is_504_json() {
     let resp = proxy
         .client(true)
         .post(proxy.url("/mcp"))
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();
@@ -292,7 +294,12 @@ async fn unknown_path_method_session_and_oversized_body_are_refused() {
         "no refused request may reach the backend"
     );
     // And a normal request does.
-    let resp = c.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let resp = c
+        .post(proxy.url("/mcp"))
+        .body(support::PING)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(hits.try_recv().is_ok());
 }
@@ -423,7 +430,7 @@ async fn upstream_death_mid_json_body_is_an_error_not_a_short_answer() {
         let result = match proxy
             .client(h1)
             .post(proxy.url("/mcp"))
-            .body("{}")
+            .body(support::PING)
             .send()
             .await
         {
@@ -463,7 +470,7 @@ async fn stalled_json_body_is_aborted_at_the_idle_limit() {
             match proxy
                 .client(h1)
                 .post(proxy.url("/mcp"))
-                .body("{}")
+                .body(support::PING)
                 .send()
                 .await
             {
@@ -513,7 +520,7 @@ async fn client_disconnect_cancels_the_upstream_request() {
         let client = proxy.client(h1);
         let mut resp = client
             .post(proxy.url("/mcp"))
-            .body("{}")
+            .body(support::PING)
             .send()
             .await
             .unwrap();
@@ -552,7 +559,12 @@ async fn round_robin_spreads_new_sessions_and_affinity_keeps_them() {
     let c = proxy.client(false);
     let mut sessions = Vec::new();
     for _ in 0..4 {
-        let r = c.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+        let r = c
+            .post(proxy.url("/mcp"))
+            .body(support::PING)
+            .send()
+            .await
+            .unwrap();
         let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
         sessions.push((sid, r.text().await.unwrap()));
     }
@@ -563,7 +575,7 @@ async fn round_robin_spreads_new_sessions_and_affinity_keeps_them() {
             let r = c
                 .post(proxy.url("/mcp"))
                 .header("mcp-session-id", sid)
-                .body("{}")
+                .body(support::PING)
                 .send()
                 .await
                 .unwrap();
@@ -602,7 +614,7 @@ async fn drain_ends_get_streams_at_once_and_post_streams_at_the_deadline() {
     let mut get = client.get(proxy.url("/mcp")).send().await.unwrap();
     let mut post = client
         .post(proxy.url("/mcp"))
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();

@@ -118,7 +118,7 @@ upstream = "http://{}/mcp"
         .unwrap();
     let url = format!("https://localhost:{port}/mcp");
     let mut get = client.get(&url).send().await.unwrap();
-    let post = client.post(&url).body("{}").send().await.unwrap();
+    let post = client.post(&url).body(support::PING).send().await.unwrap();
     assert_eq!(get.status(), 200);
     assert!(get.chunk().await.unwrap().is_some());
 

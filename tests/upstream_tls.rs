@@ -83,7 +83,12 @@ client_key = "edge-client.key"
     .await;
     let c = proxy.client(false);
 
-    let r = c.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let r = c
+        .post(proxy.url("/mcp"))
+        .body(support::PING)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "secure");
     let (peer, version, host) = seen.recv().await.unwrap();
@@ -100,7 +105,7 @@ client_key = "edge-client.key"
     // Without a client certificate the upstream refuses the handshake: fail closed.
     let r = c
         .post(proxy.url("/no-client-cert"))
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();
@@ -108,7 +113,7 @@ client_key = "edge-client.key"
     // An upstream the configured CA does not vouch for is never talked to.
     let r = c
         .post(proxy.url("/wrong-ca"))
-        .body("{}")
+        .body(support::PING)
         .send()
         .await
         .unwrap();

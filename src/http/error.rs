@@ -39,6 +39,16 @@ pub enum ProxyError {
         /// What the JSON-RPC body says.
         message: &'static str,
     },
+    /// The MCP/JSON-RPC layer refused the request; the body is already the JSON-RPC error.
+    #[error("{kind}")]
+    Protocol {
+        /// HTTP status (400, 404, 408, 413).
+        status: StatusCode,
+        /// Complete JSON-RPC error body.
+        body: bytes::Bytes,
+        /// Label for logs and metrics.
+        kind: &'static str,
+    },
     /// A header the proxy needs to read is malformed.
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
@@ -60,6 +70,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Auth { status, .. } => *status,
+            ProxyError::Protocol { status, .. } => *status,
             ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -83,6 +94,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::Protocol { kind, .. } => kind,
             ProxyError::Auth { status, .. } => match status.as_u16() {
                 401 => "unauthorized",
                 403 => "insufficient_scope",
@@ -96,6 +108,17 @@ impl ProxyError {
 
     /// The complete HTTP response.
     pub fn into_response(self) -> Response<Body> {
+        if let ProxyError::Protocol { status, body, .. } = self {
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() = status;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return resp;
+        }
         let body = serde_json::json!({
             "jsonrpc": "2.0",
             "error": { "code": self.rpc_code(), "message": self.to_string() },

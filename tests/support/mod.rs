@@ -2,6 +2,9 @@
 //! from TOML text (the same config path as production), and clients that trust the test CA.
 #![allow(dead_code)]
 
+/// A valid JSON-RPC request body for tests that only need the proxy to relay a POST.
+pub const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+
 pub mod backends;
 pub mod raw;
 
