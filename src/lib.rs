@@ -4,14 +4,18 @@
 //! The request path, top to bottom:
 //!
 //! ```text
-//! listener ─▶ tls ─▶ http::server ─▶ proxy (route, method, limits, endpoint choice)
-//!                                      └─▶ upstream (pooled client) ─▶ sse::RelayBody ─▶ client
+//! listener ─▶ tls ─▶ http::server ─▶ proxy: host ─▶ route ─▶ origin ─▶ auth (mTLS, bearer)
+//!     ─▶ endpoint (session) ─▶ mcp (envelope, headers) ─▶ policy ─▶ upstream (pooled client)
+//!     ─▶ sse::RelayBody (heartbeats, tools/list filter) ─▶ client
 //! ```
 //!
 //! - [`listener`]: accept loop, connection cap, TLS handshake deadline.
 //! - [`tls`]: rustls server config, SNI certificate resolver.
 //! - [`http`]: hyper connection settings, the proxy's own error answers, header rules.
 //! - [`proxy`]: the per-request pipeline; start here to follow a request.
+//! - [`auth`]: Origin/Host, client certificates, bearer tokens (JWT, JWKS, introspection).
+//! - [`mcp`]: JSON-RPC envelope reader, MCP header rules, `tools/list` filter.
+//! - [`policy`]: which methods, tools and resources a principal may use.
 //! - [`upstream`]: upstream client pool, round-robin, session affinity.
 //! - [`sse`]: streamed relay body (heartbeats, idle limit, drain) and legacy endpoint rewriting.
 //!
@@ -32,6 +36,7 @@ pub mod demo;
 pub mod http;
 pub mod listener;
 pub mod mcp;
+pub mod policy;
 pub mod proxy;
 pub mod session;
 pub mod shutdown;

@@ -24,6 +24,7 @@ use crate::http::Body;
 use crate::http::error::ProxyError;
 use crate::http::headers::{self, MCP_METHOD, MCP_SESSION_ID, X_ACCEL_BUFFERING, X_REQUEST_ID};
 use crate::mcp::{self, ProtocolVersion};
+use crate::policy::{Grants, Principal, Verdict};
 use crate::shutdown::Shutdown;
 use crate::sse::legacy::{EndpointRewriter, LegacySessions};
 use crate::sse::{RelayBody, SseOptions};
@@ -322,14 +323,46 @@ impl Proxy {
         // 4b. MCP inspection of POSTs: the JSON-RPC envelope (capped, fully read so the
         // decision and the backend see the same bytes) and, in the 2026-07-28 era, the
         // Mcp-Method / Mcp-Name headers against it. GET and DELETE carry no JSON-RPC body.
+        let envelope;
         let body: Body = if method == Method::POST {
-            let bytes = self
+            let (bytes, e) = self
                 .inspect_post(route, &parts.headers, body, limit, cfg, log)
                 .await?;
+            envelope = Some(e);
             crate::http::full(bytes)
         } else {
+            envelope = None;
             Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
         };
+
+        // 4c. Policy: methods, scopes per method and tool, tools and resources per principal.
+        let organisation = organisation(cfg, claims.as_ref());
+        let principal = Principal {
+            claims: claims.as_ref(),
+            cert: conn.client_cert.as_deref(),
+            organisation: organisation.as_deref(),
+        };
+        let policy = &route.config.policy;
+        let grants = (!policy.is_empty()).then(|| policy.grants(&principal));
+        let mut tools_list_ids = Vec::new();
+        if let (Some(grants), Some(envelope)) = (&grants, &envelope) {
+            for m in envelope.messages() {
+                self.enforce(cfg, route, grants, &principal, m)?;
+                if grants.is_restricted()
+                    && m.is_request()
+                    && m.method.as_deref() == Some("tools/list")
+                {
+                    tools_list_ids.extend(m.id.clone());
+                }
+            }
+        }
+        // Answers to `tools/list` shrink to the tools the principal may call. Streams the
+        // proxy cannot pair with requests (legacy streams, GET streams that may replay
+        // answers) are filtered on the shape of every answer.
+        let tools_filter: Option<Arc<Grants>> = grants
+            .filter(|g| g.is_restricted())
+            .filter(|_| !tools_list_ids.is_empty() || method == Method::GET)
+            .map(Arc::new);
 
         // 5. Upstream request.
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -392,6 +425,24 @@ impl Proxy {
                     .starts_with("text/event-stream")
             });
         if !is_sse {
+            let is_json = h
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("application/json")
+                });
+            // Legacy POSTs are answered 202 and their answers come on the GET stream, which
+            // has its own filter.
+            if let Some(grants) = tools_filter
+                && !tools_list_ids.is_empty()
+                && is_json
+            {
+                return filter_json_answer(resp, &tools_list_ids, &grants, route, log)
+                    .await
+                    .map(Relayed::Local);
+            }
             return Ok(Relayed::Upstream(
                 resp,
                 route.config.upstream.body_idle_timeout,
@@ -427,8 +478,55 @@ impl Proxy {
                 heartbeat_interval: cfg.sse.heartbeat_interval,
                 stop,
                 rewriter,
+                tools_filter: tools_filter.map(|g| {
+                    let allow: Box<dyn Fn(&str) -> bool + Send + Sync> =
+                        Box::new(move |tool: &str| g.tool_allowed(tool));
+                    if tools_list_ids.is_empty() {
+                        mcp::SseToolsFilter::any_id(allow)
+                    } else {
+                        mcp::SseToolsFilter::new(tools_list_ids, allow)
+                    }
+                }),
             })),
         ))
+    }
+
+    /// Applies the route policy to one message; a refusal is the whole request's answer.
+    fn enforce(
+        &self,
+        cfg: &Config,
+        route: &RouteState,
+        grants: &Grants,
+        principal: &Principal<'_>,
+        m: &mcp::Message,
+    ) -> Result<(), ProxyError> {
+        match route
+            .config
+            .policy
+            .check(grants, principal, &route.config.scopes, m)
+        {
+            Verdict::Allow(_) => Ok(()),
+            Verdict::Deny(reason) => {
+                tracing::info!(route = %route.path, principal = %principal.label(), method = m.method.as_deref().unwrap_or("-"), %reason, "refused by policy");
+                Err(ProxyError::Protocol {
+                    status: StatusCode::FORBIDDEN,
+                    body: mcp::json_rpc_error_for(m.id.as_ref(), POLICY_DENIED, &reason, None),
+                    kind: "policy_denied",
+                })
+            }
+            Verdict::InsufficientScope(needed) => {
+                let metadata = bearer::metadata_url(&cfg.listener.public_url, &route.config.path);
+                Err(ProxyError::Auth {
+                    status: StatusCode::FORBIDDEN,
+                    challenge: bearer::challenge(
+                        &metadata,
+                        &needed,
+                        Some(("insufficient_scope", "the call needs more scopes")),
+                    ),
+                    message: "insufficient scope",
+                })
+            }
+        }
     }
 
     /// Checks what the route demands (client certificate, bearer token, scopes) and returns
@@ -520,7 +618,8 @@ impl Proxy {
         Ok(Some(claims))
     }
 
-    /// Reads and checks a POST body as JSON-RPC for `route`, returning the bytes to forward.
+    /// Reads and checks a POST body as JSON-RPC for `route`, returning the bytes to forward
+    /// and what they say.
     async fn inspect_post(
         &self,
         route: &RouteState,
@@ -529,7 +628,7 @@ impl Proxy {
         limit: u64,
         cfg: &Config,
         log: &mut AccessLog,
-    ) -> Result<bytes::Bytes, ProxyError> {
+    ) -> Result<(bytes::Bytes, mcp::Envelope), ProxyError> {
         let version = match route.config.transport {
             Transport::StreamableHttp => {
                 mcp::protocol_version(headers).map_err(|e| ProxyError::Protocol {
@@ -575,7 +674,7 @@ impl Proxy {
                 })?;
             }
         }
-        Ok(bytes)
+        Ok((bytes, envelope))
     }
 
     fn choose_target(
@@ -674,6 +773,54 @@ fn set_identity_headers(
         }
         put("cert-sha256", &id.sha256_hex);
     }
+}
+
+/// JSON-RPC error code of a call the route policy refuses (server-defined range).
+pub const POLICY_DENIED: i64 = -32003;
+
+/// Largest JSON `tools/list` answer the proxy buffers to filter.
+const MAX_FILTERED_ANSWER: usize = 16 * 1024 * 1024;
+
+/// The principal's organisation: the configured claim, when it is a string or a number.
+fn organisation(cfg: &Config, claims: Option<&Claims>) -> Option<String> {
+    let name = cfg.auth.organisation_claim.as_deref()?;
+    match claims?.raw.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads a JSON answer to `tools/list` (capped, within the body idle limit) and removes the
+/// tools `grants` do not allow. Fails closed: an answer that cannot be filtered is a 502.
+async fn filter_json_answer(
+    resp: Response<Incoming>,
+    ids: &[mcp::Id],
+    grants: &Grants,
+    route: &RouteState,
+    log: &mut AccessLog,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = resp.into_parts();
+    let read = tokio::time::timeout(
+        route.config.upstream.body_idle_timeout,
+        Limited::new(body, MAX_FILTERED_ANSWER).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            tracing::warn!(request_id = %log.request_id(), error = %e, "tools/list answer unreadable");
+            return Err(ProxyError::UpstreamUnavailable);
+        }
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+    };
+    let filtered = mcp::filter_json(&bytes, ids, |t| grants.tool_allowed(t)).map_err(|e| {
+        tracing::warn!(request_id = %log.request_id(), error = %e, "tools/list answer cannot be filtered");
+        ProxyError::UpstreamUnavailable
+    })?;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    log.add_bytes(filtered.len());
+    Ok(Response::from_parts(parts, crate::http::full(filtered)))
 }
 
 fn envelope_error(e: &mcp::EnvelopeError) -> ProxyError {

@@ -286,6 +286,83 @@ pub struct RouteFile {
     /// `[routes.auth]`
     #[serde(default)]
     pub auth: RouteAuthFile,
+    /// `[routes.policy]`: MCP methods, tools and resources per principal.
+    pub policy: Option<PolicyFile>,
+}
+
+/// `[routes.policy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Allowed JSON-RPC method patterns (default: all).
+    pub methods: Option<Vec<String>>,
+    /// Extra scopes per method pattern.
+    #[serde(default)]
+    pub method_scopes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Extra scopes per tool pattern.
+    #[serde(default)]
+    pub tool_scopes: std::collections::BTreeMap<String, Vec<String>>,
+    /// `[[routes.policy.rules]]`
+    #[serde(default)]
+    pub rules: Vec<RuleFile>,
+}
+
+/// `[[routes.policy.rules]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// Name for audit reasons (default `rules[N]`).
+    pub name: Option<String>,
+    /// Who the rule applies to; all conditions must hold (empty: everyone admitted).
+    #[serde(default, rename = "match")]
+    pub when: MatchFile,
+    /// Tool patterns granted.
+    #[serde(default)]
+    pub allow_tools: Vec<String>,
+    /// Tool patterns denied whatever else grants them.
+    #[serde(default)]
+    pub deny_tools: Vec<String>,
+    /// Resource URI prefixes readable; `{org}` and `{sub}` are filled from the principal.
+    #[serde(default)]
+    pub resource_prefixes: Vec<String>,
+}
+
+/// `match = { .. }` of a policy rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// Token `iss` pattern.
+    pub issuer: Option<String>,
+    /// Token `sub` pattern.
+    pub subject: Option<String>,
+    /// Token `client_id` pattern.
+    pub client_id: Option<String>,
+    /// Organisation pattern (from `auth.organisation_claim`).
+    pub organisation: Option<String>,
+    /// Scopes the token must all carry.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Claim name → pattern or list of patterns.
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, OneOrMany>,
+    /// Client certificate URI SAN pattern (e.g. SPIFFE id).
+    pub cert_uri: Option<String>,
+    /// Client certificate DNS SAN pattern.
+    pub cert_dns: Option<String>,
+    /// Client certificate subject DN pattern.
+    pub cert_subject: Option<String>,
+    /// Client certificate SHA-256 fingerprint (hex, colons allowed).
+    pub cert_sha256: Option<String>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Several values.
+    Many(Vec<String>),
 }
 
 /// `[routes.auth]`
@@ -313,6 +390,8 @@ pub struct AuthFile {
     /// Prefix of the identity headers sent upstream (client copies are always removed).
     #[serde(default = "defaults::identity_header_prefix")]
     pub identity_header_prefix: String,
+    /// Token claim naming the principal's organisation (audit log, `{org}` in policies).
+    pub organisation_claim: Option<String>,
 }
 
 impl Default for AuthFile {
@@ -320,6 +399,7 @@ impl Default for AuthFile {
         AuthFile {
             issuers: Vec::new(),
             identity_header_prefix: defaults::identity_header_prefix(),
+            organisation_claim: None,
         }
     }
 }

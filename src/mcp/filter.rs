@@ -64,7 +64,7 @@ pub fn filter_json<F>(body: &Bytes, ids: &[Id], allow: F) -> Result<Bytes, Filte
 where
     F: Fn(&str) -> bool,
 {
-    match rewrite(body, ids, &allow)? {
+    match rewrite(body, Track::Ids(ids), &allow)? {
         Rewrite::Unchanged => Ok(body.clone()),
         Rewrite::Changed(new) => Ok(Bytes::from(new)),
         Rewrite::NotJson => Err(FilterError::NotJson),
@@ -82,6 +82,9 @@ where
 #[derive(Debug)]
 pub struct SseToolsFilter<F> {
     ids: Vec<Id>,
+    /// Filter every `tools/list`-shaped answer, whatever its id (streams whose requests the
+    /// proxy did not see: legacy SSE streams and resumed GET streams).
+    any_id: bool,
     allow: F,
     pending: BytesMut,
     max_event: usize,
@@ -95,11 +98,20 @@ impl<F: Fn(&str) -> bool> SseToolsFilter<F> {
     pub fn new(ids: Vec<Id>, allow: F) -> Self {
         SseToolsFilter {
             ids,
+            any_id: false,
             allow,
             pending: BytesMut::new(),
             max_event: MAX_PENDING_EVENT,
             started: false,
         }
+    }
+
+    /// A filter for every answer that carries `result.tools`, whatever its id: for streams
+    /// that carry answers to requests the proxy did not pair them with.
+    pub fn any_id(allow: F) -> Self {
+        let mut f = Self::new(Vec::new(), allow);
+        f.any_id = true;
+        f
     }
 
     /// Sets the cap on one pending (incomplete) event.
@@ -158,7 +170,12 @@ impl<F: Fn(&str) -> bool> SseToolsFilter<F> {
             return Ok(());
         }
         let joined = data.join(&b"\n"[..]);
-        let new_data = match rewrite(&joined, &self.ids, &self.allow)? {
+        let track = if self.any_id {
+            Track::Any
+        } else {
+            Track::Ids(&self.ids)
+        };
+        let new_data = match rewrite(&joined, track, &self.allow)? {
             // Non-JSON data is not a JSON-RPC message; no client can take tools from it.
             Rewrite::Unchanged | Rewrite::NotJson => {
                 out.extend_from_slice(body);
@@ -200,10 +217,28 @@ enum Rewrite {
 /// A byte range of the input and what replaces it.
 type Splice = (Range<usize>, Vec<u8>);
 
+/// Which responses are `tools/list` answers to filter.
+#[derive(Debug, Clone, Copy)]
+enum Track<'a> {
+    /// Answers to these request ids.
+    Ids(&'a [Id]),
+    /// Every answer whose `result` has `tools`.
+    Any,
+}
+
+impl Track<'_> {
+    fn matches(self, id: &Id) -> bool {
+        match self {
+            Track::Ids(ids) => ids.iter().any(|t| t.loosely_matches(id)),
+            Track::Any => true,
+        }
+    }
+}
+
 /// Filters the tracked responses in one JSON text (an object or an array of objects).
 fn rewrite<F: Fn(&str) -> bool>(
     text: &[u8],
-    ids: &[Id],
+    ids: Track<'_>,
     allow: &F,
 ) -> Result<Rewrite, FilterError> {
     if exceeds_depth(text, MAX_ANSWER_DEPTH) {
@@ -255,7 +290,7 @@ fn rewrite<F: Fn(&str) -> bool>(
 fn response_splice<F: Fn(&str) -> bool>(
     text: &[u8],
     span: Range<usize>,
-    ids: &[Id],
+    ids: Track<'_>,
     allow: &F,
 ) -> Result<Option<Splice>, FilterError> {
     let object = text.get(span.clone()).ok_or(FilterError::NotJson)?;
@@ -271,11 +306,16 @@ fn response_splice<F: Fn(&str) -> bool>(
         Some(Scalar::Str(s)) => Id::String(s.clone().into_owned()),
         _ => return Ok(None),
     };
-    if !raw.result || !ids.iter().any(|t| t.loosely_matches(&id)) {
+    if !raw.result || !ids.matches(&id) {
         return Ok(None);
     }
     let result = unique_member(text, span, "result")?.ok_or(FilterError::NotJson)?;
     if text.get(result.start) != Some(&b'{') {
+        // Any other method's answer may be shaped differently; only a tracked id is sure
+        // to be a `tools/list` answer.
+        if matches!(ids, Track::Any) {
+            return Ok(None);
+        }
         return Err(FilterError::Malformed("`result` is not an object"));
     }
     let Some(tools) = unique_member(text, result, "tools")? else {

@@ -391,13 +391,27 @@ impl McpHeaderError {
 /// A JSON-RPC error object without `id`, as the body of an answer the proxy gives itself:
 /// `{"jsonrpc":"2.0","error":{"code":…,"message":…,"data":…}}` (`data` only when given).
 pub fn json_rpc_error_body(code: i64, message: &str, data: Option<Value>) -> Bytes {
+    json_rpc_error_for(None, code, message, data)
+}
+
+/// Like [`json_rpc_error_body`], answering the request with `id` (for refusals of one call
+/// of a well-formed request, so the client can pair the error with its call).
+pub fn json_rpc_error_for(
+    id: Option<&crate::mcp::Id>,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Bytes {
     let mut error = serde_json::Map::new();
     error.insert("code".into(), code.into());
     error.insert("message".into(), message.into());
     if let Some(data) = data {
         error.insert("data".into(), data);
     }
-    let body = serde_json::json!({ "jsonrpc": "2.0", "error": error });
+    let body = match id {
+        Some(id) => serde_json::json!({ "jsonrpc": "2.0", "id": id.to_value(), "error": error }),
+        None => serde_json::json!({ "jsonrpc": "2.0", "error": error }),
+    };
     // A `Value` always serializes (its map keys are strings); the fallback is unreachable.
     serde_json::to_vec(&body).map_or_else(
         |_| {

@@ -30,5 +30,6 @@ pub mod headers;
 pub use envelope::{Envelope, EnvelopeError, Id, Message, MessageKind, parse, read_capped};
 pub use filter::{FilterError, SseToolsFilter, filter_json};
 pub use headers::{
-    McpHeaderError, ProtocolVersion, check_consistency, json_rpc_error_body, protocol_version,
+    McpHeaderError, ProtocolVersion, check_consistency, json_rpc_error_body, json_rpc_error_for,
+    protocol_version,
 };

@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::http::BoxError;
+use crate::mcp::SseToolsFilter;
 use crate::telemetry::{AccessLog, Outcome};
 use legacy::EndpointRewriter;
 
@@ -41,13 +42,19 @@ pub struct SseOptions {
     pub stop: WaitForCancellationFutureOwned,
     /// Rewrites legacy `endpoint` events, on legacy HTTP+SSE routes.
     pub rewriter: Option<EndpointRewriter>,
+    /// Removes tools the principal may not call from `tools/list` answers.
+    pub tools_filter: Option<ToolsFilter>,
 }
+
+/// The `tools/list` filter of one stream, with the principal's grants inside its predicate.
+pub type ToolsFilter = SseToolsFilter<Box<dyn Fn(&str) -> bool + Send + Sync>>;
 
 struct SseState {
     heartbeat_interval: Duration,
     heartbeat: Pin<Box<Sleep>>,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     rewriter: Option<EndpointRewriter>,
+    tools_filter: Option<ToolsFilter>,
     tail: Tail,
 }
 
@@ -93,6 +100,24 @@ impl Tail {
     }
 }
 
+impl SseState {
+    /// The last complete event held back by the rewriter and the filter, once the upstream
+    /// has ended.
+    fn finish_tail(&mut self) -> Result<Bytes, crate::mcp::FilterError> {
+        let rest = self
+            .rewriter
+            .as_mut()
+            .map(EndpointRewriter::finish)
+            .unwrap_or_default();
+        let Some(f) = &mut self.tools_filter else {
+            return Ok(rest);
+        };
+        let mut out = f.feed(&rest)?.to_vec();
+        out.extend_from_slice(&f.finish()?);
+        Ok(Bytes::from(out))
+    }
+}
+
 /// A relayed response body; see the module docs.
 pub struct RelayBody {
     inner: Incoming,
@@ -117,6 +142,7 @@ impl RelayBody {
             heartbeat: Box::pin(tokio::time::sleep(o.heartbeat_interval)),
             stop: Box::pin(o.stop),
             rewriter: o.rewriter,
+            tools_filter: o.tools_filter,
             tail: Tail::EventBoundary,
         });
         RelayBody {
@@ -191,6 +217,17 @@ impl HttpBody for RelayBody {
                         },
                         None => data,
                     };
+                    let out = match &mut s.tools_filter {
+                        Some(f) => match f.feed(&out) {
+                            Ok(out) => out,
+                            Err(e) => {
+                                // Passing the answer on unfiltered would show forbidden tools.
+                                tracing::warn!(request_id = %this.log.request_id(), error = %e, "ending SSE stream: tools/list answer cannot be filtered");
+                                return this.finish(Outcome::UpstreamError);
+                            }
+                        },
+                        None => out,
+                    };
                     if out.is_empty() {
                         continue;
                     }
@@ -210,14 +247,17 @@ impl HttpBody for RelayBody {
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 Poll::Ready(None) => {
-                    if let Some(rest) = this
-                        .sse
-                        .as_mut()
-                        .and_then(|s| s.rewriter.as_mut())
-                        .map(EndpointRewriter::finish)
-                        && !rest.is_empty()
-                    {
-                        // Emit the tail now; the next poll sees `None` again and finishes.
+                    let rest = match this.sse.as_mut().map(SseState::finish_tail) {
+                        Some(Ok(rest)) => rest,
+                        Some(Err(e)) => {
+                            tracing::warn!(request_id = %this.log.request_id(), error = %e, "dropping the last SSE event: tools/list answer cannot be filtered");
+                            Bytes::new()
+                        }
+                        None => Bytes::new(),
+                    };
+                    if !rest.is_empty() {
+                        // Emit the tail now; the next poll sees `None` again and finishes
+                        // (both finishers return nothing the second time).
                         return this.emit(rest);
                     }
                     return this.finish(Outcome::Complete);

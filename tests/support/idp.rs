@@ -1,0 +1,53 @@
+//! A token issuer for tests: an ES256 key written as a PEM public key the proxy trusts, and
+//! claims with sensible defaults for the routes of `https://localhost:8443`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+/// The issuer the test proxy configs name.
+pub const ISSUER: &str = "https://idp.test.example";
+
+/// A signing key and its public half.
+pub struct Idp {
+    key: EncodingKey,
+    /// PEM public key for `pem_keys`.
+    pub public_pem: String,
+}
+
+impl Idp {
+    /// A fresh P-256 key.
+    pub fn new() -> Idp {
+        let kp = rcgen::KeyPair::generate().expect("key");
+        Idp {
+            key: EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).expect("pem"),
+            public_pem: kp.public_key_pem(),
+        }
+    }
+
+    /// Writes the public key to `dir/idp.pem` and returns the `[[auth.issuers]]` table.
+    pub fn issuer_toml(&self, dir: &std::path::Path) -> String {
+        std::fs::write(dir.join("idp.pem"), &self.public_pem).expect("write idp.pem");
+        format!(
+            "[[auth.issuers]]\nissuer = \"{ISSUER}\"\nalgorithms = [\"ES256\"]\npem_keys = [\"idp.pem\"]\n"
+        )
+    }
+
+    /// An ES256 token for route `path` with `overrides` merged into the default claims.
+    pub fn token(&self, path: &str, overrides: serde_json::Value) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let mut c = serde_json::json!({
+            "iss": ISSUER, "sub": "agent-7", "aud": format!("https://localhost:8443{path}"),
+            "exp": now + 600, "iat": now, "scope": "mcp:tools", "client_id": "partner-a",
+        });
+        if let (Some(c), Some(o)) = (c.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &c, &self.key).expect("sign")
+    }
+}
