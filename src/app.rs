@@ -26,6 +26,9 @@ pub enum StartError {
     /// Upstream client configuration unusable.
     #[error(transparent)]
     Upstream(#[from] RouteSetupError),
+    /// The session sealing key is unusable.
+    #[error("sessions: {0}")]
+    SessionKey(#[from] crate::session::KeyError),
     /// A token issuer's keys could not be set up.
     #[error(transparent)]
     Issuers(#[from] crate::auth::bearer::IssuerSetupError),
@@ -92,7 +95,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         client_verifier,
     )?;
     let issuers = Arc::new(crate::auth::bearer::Issuers::build(&config.auth).await?);
-    let gateway = Gateway::new(config.clone(), issuers)?;
+    let sealer = Arc::new(crate::session::SessionSealer::from_settings(
+        &config.sessions,
+    )?);
+    let gateway = Gateway::new(config.clone(), issuers, sealer)?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)

@@ -49,7 +49,10 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
         .map_err(|e| StartError::Tls(TlsSetupError::Cert(e)))?;
     let cfg = Arc::new(cfg);
     // Issuer key sources are not contacted: `check` makes no network calls.
-    Gateway::new(cfg.clone(), Default::default()).map_err(StartError::Upstream)?;
+    let sealer = crate::session::SessionSealer::from_settings(&cfg.sessions)
+        .map_err(StartError::SessionKey)?;
+    Gateway::new(cfg.clone(), Default::default(), Arc::new(sealer))
+        .map_err(StartError::Upstream)?;
 
     let now = SystemTime::now();
     if let Some(c) = certs.iter().find(|c| c.info.time_left(now).is_none()) {

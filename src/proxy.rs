@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use base64::Engine as _;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -25,6 +26,7 @@ use crate::http::error::ProxyError;
 use crate::http::headers::{self, MCP_METHOD, MCP_SESSION_ID, X_ACCEL_BUFFERING, X_REQUEST_ID};
 use crate::mcp::{self, ProtocolVersion};
 use crate::policy::{Grants, Principal, Verdict};
+use crate::session::{self, PrincipalHash, SessionClaims, SessionSealer};
 use crate::shutdown::Shutdown;
 use crate::sse::legacy::{EndpointRewriter, LegacySessions};
 use crate::sse::{RelayBody, SseOptions};
@@ -57,13 +59,18 @@ pub struct RouteSetupError {
 pub struct Gateway {
     config: Arc<Config>,
     issuers: SharedIssuers,
+    sealer: Arc<SessionSealer>,
     routes: Vec<RouteState>,
 }
 
 impl Gateway {
     /// Builds clients and routes from a validated config, with the issuer validators built
-    /// from its `[auth]` section.
-    pub fn new(config: Arc<Config>, issuers: SharedIssuers) -> Result<Self, RouteSetupError> {
+    /// from its `[auth]` section and the sealer of its `[sessions]` section.
+    pub fn new(
+        config: Arc<Config>,
+        issuers: SharedIssuers,
+        sealer: Arc<SessionSealer>,
+    ) -> Result<Self, RouteSetupError> {
         let routes = config
             .routes
             .iter()
@@ -84,6 +91,7 @@ impl Gateway {
         Ok(Gateway {
             config,
             issuers,
+            sealer,
             routes,
         })
     }
@@ -316,7 +324,8 @@ impl Proxy {
         // 4. Endpoint: session affinity first, then round-robin. An unknown session is
         // refused here, before its body is read.
         let (mut parts, body) = req.into_parts();
-        let target = self.choose_target(route, &method, &mut parts)?;
+        let bound = session_principal(claims.as_ref(), conn.client_cert.as_deref());
+        let target = choose_target(gw, route, &method, &mut parts, &bound)?;
         let endpoint = &route.upstreams.endpoints()[target.endpoint];
         log.set_upstream(&endpoint.uri);
 
@@ -407,11 +416,19 @@ impl Proxy {
         if route.config.transport == Transport::StreamableHttp
             && let Some(id) = h.get(MCP_SESSION_ID)
         {
-            match route.upstreams.tag_session(target.endpoint, id) {
-                Some(tagged) => {
-                    h.insert(MCP_SESSION_ID, tagged);
+            // The client only ever sees the sealed id, bound to whoever opened the session.
+            let claims = SessionClaims::new(endpoint.tag, id.as_bytes(), bound);
+            match gw
+                .sealer
+                .seal(&claims)
+                .ok()
+                .and_then(|t| HeaderValue::from_str(&t).ok())
+            {
+                Some(sealed) => {
+                    h.insert(MCP_SESSION_ID, sealed);
                 }
                 None => {
+                    tracing::warn!(request_id = %log.request_id(), "backend session id cannot be sealed (too long?); dropped");
                     h.remove(MCP_SESSION_ID);
                 }
             }
@@ -464,11 +481,18 @@ impl Proxy {
         };
         let rewriter =
             (route.config.transport == Transport::Sse && method == Method::GET).then(|| {
+                let sealer = gw.sealer.clone();
+                let tag = endpoint.tag;
                 EndpointRewriter::new(
                     self.legacy.clone(),
                     route.path.clone(),
                     target.endpoint,
                     endpoint.uri.clone(),
+                    Box::new(move |uri: &str| {
+                        sealer
+                            .seal_legacy(&session::LegacyClaims::new(tag, uri, bound))
+                            .ok()
+                    }),
                 )
             });
         Ok(Relayed::Upstream(
@@ -608,6 +632,28 @@ impl Proxy {
                 ));
             }
         };
+        // RFC 8705: a token bound to a certificate is only good with that certificate, whether
+        // or not the route demands binding.
+        let presented = conn
+            .client_cert
+            .as_ref()
+            .map(|id| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.sha256));
+        let bound_ok = match (&claims.cnf_x5t_s256, &presented) {
+            (Some(want), Some(have)) => want == have,
+            (Some(_), None) => false,
+            (None, _) => !route.config.certificate_bound_tokens,
+        };
+        if !bound_ok {
+            tracing::info!(route = %route.path, "token refused: not bound to the presented client certificate");
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                Some((
+                    "invalid_token",
+                    "the token is not bound to the presented client certificate",
+                )),
+                "invalid token",
+            ));
+        }
         if !scopes.iter().all(|s| claims.scopes.contains(s)) {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
@@ -676,58 +722,99 @@ impl Proxy {
         }
         Ok((bytes, envelope))
     }
+}
 
-    fn choose_target(
-        &self,
-        route: &RouteState,
-        method: &Method,
-        parts: &mut http::request::Parts,
-    ) -> Result<Target, ProxyError> {
-        let ups = &route.upstreams;
-        match route.config.transport {
-            Transport::StreamableHttp => {
-                let mut ids = parts.headers.get_all(MCP_SESSION_ID).iter();
-                let (first, second) = (ids.next(), ids.next());
-                if second.is_some() {
-                    return Err(ProxyError::BadRequest(
-                        "more than one Mcp-Session-Id header",
-                    ));
-                }
-                let endpoint = match first {
-                    Some(tagged) => {
-                        let (idx, backend_id) = ups
-                            .by_session(tagged.as_bytes())
-                            .ok_or(ProxyError::UnknownSession)?;
-                        let backend_id = HeaderValue::from_bytes(backend_id)
-                            .map_err(|_| ProxyError::UnknownSession)?;
-                        parts.headers.insert(MCP_SESSION_ID, backend_id);
-                        idx
+/// The principal a session is bound to: the token's issuer and subject (plus the
+/// certificate when the token is bound to it), else the client certificate.
+fn session_principal(claims: Option<&Claims>, cert: Option<&ClientIdentity>) -> PrincipalHash {
+    match claims {
+        Some(c) => session::principal_hash(
+            Some(&c.issuer),
+            c.subject.as_deref().or(c.client_id.as_deref()),
+            c.cnf_x5t_s256
+                .as_ref()
+                .and(cert)
+                .map(|id| id.sha256.as_slice()),
+        ),
+        None => session::principal_hash(None, None, cert.map(|id| id.sha256.as_slice())),
+    }
+}
+
+/// Where a request goes: the endpoint its sealed session names (refused as unknown when it
+/// does not open or belongs to another principal), else round-robin.
+fn choose_target(
+    gw: &Gateway,
+    route: &RouteState,
+    method: &Method,
+    parts: &mut http::request::Parts,
+    bound: &PrincipalHash,
+) -> Result<Target, ProxyError> {
+    let ups = &route.upstreams;
+    match route.config.transport {
+        Transport::StreamableHttp => {
+            let mut ids = parts.headers.get_all(MCP_SESSION_ID).iter();
+            let (first, second) = (ids.next(), ids.next());
+            if second.is_some() {
+                return Err(ProxyError::BadRequest(
+                    "more than one Mcp-Session-Id header",
+                ));
+            }
+            let endpoint = match first {
+                Some(sealed) => {
+                    let claims = sealed
+                        .to_str()
+                        .ok()
+                        .and_then(|s| gw.sealer.open(s).ok())
+                        .ok_or(ProxyError::UnknownSession)?;
+                    if !session::verify_principal(&claims, bound) {
+                        tracing::info!(route = %route.path, "session id presented by another principal");
+                        return Err(ProxyError::UnknownSession);
                     }
-                    None => ups.pick(),
-                };
-                let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
-                Ok(Target { endpoint, uri })
-            }
-            Transport::Sse if *method == Method::GET => {
-                let endpoint = ups.pick();
-                let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
-                Ok(Target { endpoint, uri })
-            }
-            Transport::Sse => {
-                let token = parts
-                    .uri
-                    .query()
-                    .and_then(|q| query_param(q, "sessionId"))
-                    .ok_or(ProxyError::BadRequest("missing sessionId query parameter"))?;
-                let t = self.legacy.get(token).ok_or(ProxyError::UnknownSession)?;
-                if *t.route != *route.path {
-                    return Err(ProxyError::UnknownSession);
+                    let idx = ups
+                        .by_tag(&claims.endpoint_tag)
+                        .ok_or(ProxyError::UnknownSession)?;
+                    let backend_id = HeaderValue::from_bytes(&claims.backend_session_id)
+                        .map_err(|_| ProxyError::UnknownSession)?;
+                    parts.headers.insert(MCP_SESSION_ID, backend_id);
+                    idx
                 }
-                Ok(Target {
-                    endpoint: t.endpoint,
-                    uri: t.uri,
-                })
+                None => ups.pick(),
+            };
+            let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
+            Ok(Target { endpoint, uri })
+        }
+        Transport::Sse if *method == Method::GET => {
+            let endpoint = ups.pick();
+            let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
+            Ok(Target { endpoint, uri })
+        }
+        Transport::Sse => {
+            let token = parts
+                .uri
+                .query()
+                .and_then(|q| query_param(q, "sessionId"))
+                .ok_or(ProxyError::BadRequest("missing sessionId query parameter"))?;
+            let claims = gw
+                .sealer
+                .open_legacy(token)
+                .map_err(|_| ProxyError::UnknownSession)?;
+            if !claims.principal.matches(bound) {
+                tracing::info!(route = %route.path, "legacy session id presented by another principal");
+                return Err(ProxyError::UnknownSession);
             }
+            // The tag must name one of this route's endpoints, so a token from another route
+            // (or from before a config change) is unknown here.
+            let endpoint = ups
+                .by_tag(&claims.endpoint_tag)
+                .ok_or(ProxyError::UnknownSession)?;
+            let uri: Uri = claims
+                .message_uri
+                .parse()
+                .map_err(|_| ProxyError::UnknownSession)?;
+            if uri.authority() != ups.endpoints()[endpoint].uri.authority() {
+                return Err(ProxyError::UnknownSession);
+            }
+            Ok(Target { endpoint, uri })
         }
     }
 }

@@ -399,6 +399,20 @@ impl SessionSealer {
         Ok(SessionSealer { keys })
     }
 
+    /// The sealer `[sessions]` describes: its key files, or without `key_file` a random key
+    /// drawn once per process (so reloads keep sessions, but a second instance or a restart
+    /// cannot open them: multi-instance deployments must configure a shared key).
+    pub fn from_settings(s: &crate::config::SessionSettings) -> Result<Self, KeyError> {
+        match &s.key_file {
+            Some(current) => Self::from_key_files(current, &s.previous_key_files),
+            None => {
+                static PROCESS_KEY: std::sync::OnceLock<[u8; KEY_LEN]> = std::sync::OnceLock::new();
+                let key = PROCESS_KEY.get_or_init(rand::random);
+                Self::new(key, &[])
+            }
+        }
+    }
+
     /// Sealer from key files (see [`load_key_file`] for the format).
     pub fn from_key_files(current: &Path, previous: &[PathBuf]) -> Result<Self, KeyError> {
         let current = load_key_file(current)?;

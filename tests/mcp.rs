@@ -188,9 +188,13 @@ async fn session_era_get_stream_and_delete() {
         .to_str()
         .unwrap()
         .to_owned();
+    // The client sees the proxy's sealed id, never the backend's.
     assert!(
-        sid.split_once('.').is_some_and(|(t, _)| t.len() == 8),
-        "tagged: {sid}"
+        sid.len() > 60
+            && sid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "sealed: {sid}"
     );
     let data = support::sse_data(init).await;
     assert_eq!(
@@ -459,7 +463,7 @@ async fn demo_prints_a_command_that_returns_a_tool_result() {
         .no_proxy()
         .build()
         .unwrap();
-    let mut req = client.post(url);
+    let mut headers: Vec<(String, String)> = Vec::new();
     let mut body = None;
     // Odd segments are quoted values; the flag is the last word of the segment before.
     for i in (1..quoted.len()).step_by(2) {
@@ -468,13 +472,114 @@ async fn demo_prints_a_command_that_returns_a_tool_result() {
         match flag {
             "-H" => {
                 let (k, v) = value.split_once(':').unwrap();
-                req = req.header(k.trim(), v.trim());
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
             }
             "-d" => body = Some(value.to_owned()),
             other => panic!("unexpected curl flag {other:?}"),
         }
     }
-    let resp = req.body(body.expect("-d body")).send().await.unwrap();
+    let body = body.expect("-d body");
+    let token = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, v)| v.strip_prefix("Bearer "))
+        .expect("the printed command carries a bearer token")
+        .to_owned();
+    // Sends the printed request with its Authorization header replaced (or dropped).
+    let send = |authorization: Option<String>| {
+        let mut req = client.post(url);
+        for (k, v) in &headers {
+            if !k.eq_ignore_ascii_case("authorization") {
+                req = req.header(k, v);
+            }
+        }
+        if let Some(a) = authorization {
+            req = req.header("Authorization", a);
+        }
+        req.body(body.clone()).send()
+    };
+
+    // The token printed inline is the one in the printed token file, readable by the owner only.
+    let token_file = dir.path().join("token.txt");
+    assert!(
+        printed.contains(&token_file.display().to_string()),
+        "{printed}"
+    );
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for name in ["token.txt", "token-signing.key"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+
+    let metadata_url = format!("https://localhost:{port}/.well-known/oauth-protected-resource/mcp");
+    assert!(printed.contains(&metadata_url), "{printed}");
+    let challenge = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("www-authenticate")
+            .expect("a WWW-Authenticate challenge")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let resp = send(None).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let www = challenge(&resp);
+    assert!(www.starts_with("Bearer "), "{www}");
+    assert!(
+        www.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+        "{www}"
+    );
+    assert!(!www.contains("error="), "{www}");
+
+    // One character of the signature changed; not the last one, whose low bits carry no data.
+    let sig_start = token.rfind('.').unwrap() + 1;
+    let mut tampered = token.clone().into_bytes();
+    tampered[sig_start + 10] = if tampered[sig_start + 10] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_ne!(tampered, token);
+    let resp = send(Some(format!("Bearer {tampered}"))).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let www = challenge(&resp);
+    assert!(www.starts_with("Bearer "), "{www}");
+    assert!(www.contains("error=\"invalid_token\""), "{www}");
+    assert!(
+        www.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+        "{www}"
+    );
+
+    // The metadata document names the route and the demo issuer.
+    let doc: serde_json::Value = client
+        .get(&metadata_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["resource"], url, "{doc}");
+    assert_eq!(
+        doc["authorization_servers"],
+        serde_json::json!([format!("https://localhost:{port}/demo-idp")]),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["scopes_supported"],
+        serde_json::json!(["mcp:tools"]),
+        "{doc}"
+    );
+
+    let resp = send(Some(format!("Bearer {token}"))).await.unwrap();
     assert_eq!(resp.status(), 200);
     let data = support::sse_data(resp).await;
     drop(child);

@@ -86,6 +86,16 @@ async fn request(
     cert: Option<&IssuedCert>,
     path: &str,
 ) -> Result<String, String> {
+    request_with(proxy, cert, path, "").await
+}
+
+/// Like [`request`], with extra header lines (each ending in CRLF).
+async fn request_with(
+    proxy: &TestProxy,
+    cert: Option<&IssuedCert>,
+    path: &str,
+    headers: &str,
+) -> Result<String, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(proxy.pki.ca.cert_pem.as_bytes()).unwrap())
@@ -109,7 +119,7 @@ async fn request(
         .await
         .map_err(|e| e.to_string())?;
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
         support::PING.len(),
         support::PING
     );
@@ -254,4 +264,87 @@ async fn expired_crl_and_bad_settings_refuse_to_start() {
             .to_string();
         assert!(err.contains(key), "{key} not in: {err}");
     }
+}
+
+/// base64url SHA-256 of a certificate's DER: its RFC 8705 `x5t#S256`.
+fn thumbprint(cert: &IssuedCert) -> String {
+    use base64::Engine as _;
+    let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der))
+}
+
+#[tokio::test]
+async fn certificate_bound_tokens_must_come_with_their_certificate() {
+    let (tx, mut hits) = mpsc::unbounded_channel();
+    let backend = raw::serve(move |_req| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(());
+            http::Response::new(raw::full("ok"))
+        }
+    })
+    .await;
+    let pki = Pki::new();
+    let a = pki.ca.issue_client("partner-a", None).unwrap();
+    let b = pki.ca.issue_client("partner-b", None).unwrap();
+    let idp = support::idp::Idp::new();
+    let dir = pki.dir.path();
+    std::fs::write(dir.join("clients-ca.pem"), &pki.ca.cert_pem).unwrap();
+    let issuer = idp.issuer_toml(dir);
+    let text = format!(
+        r#"client_auth = "optional"
+client_ca = "clients-ca.pem"
+{issuer}
+[[routes]]
+path = "/bound"
+upstream = "http://{0}/mcp"
+[routes.auth]
+require = "both"
+certificate_bound_tokens = true
+[[routes]]
+path = "/token"
+upstream = "http://{0}/mcp"
+[routes.auth]
+require = "token"
+"#,
+        backend.addr
+    );
+    let proxy = start_proxy_with(pki, &text).await;
+    let bound_to_a = |path: &str| {
+        idp.token(
+            path,
+            serde_json::json!({"cnf": {"x5t#S256": thumbprint(&a)}}),
+        )
+    };
+    let auth = |t: &str| format!("Authorization: Bearer {t}\r\n");
+
+    let ok = request_with(&proxy, Some(&a), "/bound", &auth(&bound_to_a("/bound")))
+        .await
+        .unwrap();
+    assert_eq!(status(&ok), "200", "{ok}");
+    assert!(hits.recv().await.is_some());
+
+    // Presented with another (valid) certificate, or with none, the token is refused.
+    for (cert, path) in [(Some(&b), "/bound"), (Some(&b), "/token"), (None, "/token")] {
+        let r = request_with(&proxy, cert, path, &auth(&bound_to_a(path)))
+            .await
+            .unwrap();
+        assert_eq!(status(&r), "401", "{path}: {r}");
+        assert!(r.contains("error=\"invalid_token\""), "{r}");
+        assert!(
+            r.contains("not bound to the presented client certificate"),
+            "{r}"
+        );
+    }
+    // The route demands binding: an unbound token is refused even with a certificate.
+    let unbound = idp.token("/bound", serde_json::json!({}));
+    let r = request_with(&proxy, Some(&a), "/bound", &auth(&unbound))
+        .await
+        .unwrap();
+    assert_eq!(status(&r), "401", "{r}");
+    assert!(
+        hits.try_recv().is_err(),
+        "a refused request reached the backend"
+    );
 }

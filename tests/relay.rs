@@ -112,9 +112,10 @@ async fn request_and_response_headers_are_rewritten() {
             .to_str()
             .unwrap()
             .to_owned();
-        let (tag, rest) = sid.split_once('.').expect("session id is tagged");
-        assert_eq!(tag.len(), 8);
-        assert_eq!(rest, "backend-session-1");
+        assert!(
+            !sid.contains("backend-session-1") && sid.len() > 60,
+            "the backend's session id is sealed: {sid}"
+        );
 
         let seen: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(

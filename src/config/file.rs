@@ -21,6 +21,9 @@ pub struct ConfigFile {
     /// `[shutdown]`
     #[serde(default)]
     pub shutdown: ShutdownFile,
+    /// `[sessions]`: the key that seals session ids.
+    #[serde(default)]
+    pub sessions: SessionsFile,
     /// `[upstream]`: defaults for every route's upstream connections.
     #[serde(default)]
     pub upstream: UpstreamDefaultsFile,
@@ -290,6 +293,17 @@ pub struct RouteFile {
     pub policy: Option<PolicyFile>,
 }
 
+/// `[sessions]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsFile {
+    /// 32-byte key (raw or base64) shared by every instance; default: random per process.
+    pub key_file: Option<PathBuf>,
+    /// Keys that still open ids sealed before a rotation.
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
+}
+
 /// `[routes.policy]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -378,6 +392,9 @@ pub struct RouteAuthFile {
     /// Scopes every token must carry.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Tokens must be bound to the client certificate (RFC 8705 `cnf.x5t#S256`).
+    #[serde(default)]
+    pub certificate_bound_tokens: bool,
 }
 
 /// `[auth]`

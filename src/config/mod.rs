@@ -68,6 +68,8 @@ pub struct Config {
     pub sse: SseSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// Session id sealing.
+    pub sessions: SessionSettings,
     /// Loopback admin listener, if enabled.
     pub admin: Option<Admin>,
     /// Logging.
@@ -104,6 +106,15 @@ pub struct IssuerSettings {
     pub authorization_server: String,
     /// Where the verification keys come from.
     pub keys: crate::auth::jwks::KeySource,
+}
+
+/// Validated `[sessions]`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSettings {
+    /// Current sealing key; `None` = a random key for this process.
+    pub key_file: Option<PathBuf>,
+    /// Previous keys, still accepted for opening.
+    pub previous_key_files: Vec<PathBuf>,
 }
 
 /// Validated public listener settings.
@@ -230,6 +241,8 @@ pub struct Route {
     pub issuers: Vec<String>,
     /// Scopes every token must carry.
     pub scopes: Vec<String>,
+    /// Tokens must carry `cnf.x5t#S256` matching the client certificate (RFC 8705).
+    pub certificate_bound_tokens: bool,
     /// The route's canonical resource URI (token audience, RFC 8707): `public_url` + `path`.
     pub resource: String,
     /// MCP methods, tools and resources per principal.
@@ -562,6 +575,15 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         listener,
         http,
         sse,
+        sessions: SessionSettings {
+            previous_key_files: file
+                .sessions
+                .previous_key_files
+                .iter()
+                .map(|p| resolve(p))
+                .collect(),
+            key_file: file.sessions.key_file.as_deref().map(resolve),
+        },
         shutdown: ShutdownSettings {
             drain_timeout: file.shutdown.drain_timeout,
         },
@@ -736,7 +758,16 @@ fn validate_route(
         None => crate::policy::RoutePolicy::default(),
     };
 
+    if r.auth.certificate_bound_tokens && r.auth.require != RequireAuth::Both {
+        return Err(ConfigError::invalid(
+            key("auth.certificate_bound_tokens"),
+            "needs both a token and a client certificate",
+            "set `require = \"both\"` on the route (and listener.tls.client_auth to optional or required)",
+        ));
+    }
+
     Ok(Route {
+        certificate_bound_tokens: r.auth.certificate_bound_tokens,
         policy: std::sync::Arc::new(policy),
         path: r.path,
         transport: r.transport,

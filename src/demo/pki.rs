@@ -164,10 +164,11 @@ pub fn write_demo_pki(dir: &Path, extra_ip: Option<std::net::IpAddr>) -> anyhow:
     Ok(files)
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+/// Writes `bytes` to `path` with permissions `mode`.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -175,6 +176,11 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .mode(mode)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    // `mode` only applies when the file is created; a key file left by an earlier run (or
+    // created by hand) keeps its old permissions unless they are set again, and that happens
+    // before the secret is written.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting permissions of {}", path.display()))?;
     f.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

@@ -64,9 +64,14 @@ pub enum RewriteError {
     BadEndpoint(String),
 }
 
+/// Makes the client-facing `sessionId` for a backend message URI (sealed and bound to the
+/// principal, so any instance can route it and no other principal can use it).
+pub type SealFn = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Rewrites `endpoint` events of one legacy stream; owns the stream's session token.
 pub struct EndpointRewriter {
     sessions: Arc<LegacySessions>,
+    seal: SealFn,
     route: Arc<str>,
     endpoint: usize,
     upstream: Uri,
@@ -75,20 +80,22 @@ pub struct EndpointRewriter {
 }
 
 impl EndpointRewriter {
-    /// A rewriter for a stream opened on `route` against endpoint `endpoint` at `upstream`.
+    /// A rewriter for a stream opened on `route` against endpoint `endpoint` at `upstream`;
+    /// `seal` turns the announced backend URI into the client's `sessionId`.
     pub fn new(
         sessions: Arc<LegacySessions>,
         route: Arc<str>,
         endpoint: usize,
         upstream: Uri,
+        seal: SealFn,
     ) -> Self {
-        let token = format!("{:032x}", rand::random::<u128>());
         EndpointRewriter {
             sessions,
+            seal,
             route,
             endpoint,
             upstream,
-            token,
+            token: String::new(),
             pending: BytesMut::new(),
         }
     }
@@ -141,8 +148,16 @@ impl EndpointRewriter {
         }
         let raw = data.join(&b"\n"[..]);
         let raw = String::from_utf8_lossy(&raw).trim().to_owned();
-        let target = self.resolve(&raw).ok_or(RewriteError::BadEndpoint(raw))?;
-        self.sessions.lock().insert(
+        let Some(target) = self.resolve(&raw) else {
+            return Err(RewriteError::BadEndpoint(raw));
+        };
+        let Some(token) = (self.seal)(&target.to_string()) else {
+            return Err(RewriteError::BadEndpoint(raw));
+        };
+        let mut live = self.sessions.lock();
+        live.remove(&self.token);
+        self.token = token;
+        live.insert(
             self.token.clone(),
             LegacyTarget {
                 route: self.route.clone(),
@@ -150,6 +165,7 @@ impl EndpointRewriter {
                 uri: target,
             },
         );
+        drop(live);
         out.extend_from_slice(b"event: endpoint\n");
         if let Some(id) = id {
             out.extend_from_slice(b"id: ");
@@ -266,6 +282,7 @@ mod tests {
             Arc::from("/sse"),
             0,
             "http://10.0.0.5:9000/sse".parse().unwrap(),
+            Box::new(|_| Some(format!("{:032x}", rand::random::<u128>()))),
         )
     }
 
@@ -375,8 +392,8 @@ mod props {
             Arc::from("/sse"),
             0,
             "http://10.0.0.5:9000/sse".parse().unwrap(),
+            Box::new(|_| Some("T".into())),
         );
-        r.token = "T".into();
         let mut out = Vec::new();
         let mut at = 0;
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();

@@ -104,23 +104,9 @@ impl Upstreams {
         self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()
     }
 
-    /// Endpoint owning a tagged session id, and the backend's own id within it.
-    pub fn by_session<'a>(&self, tagged: &'a [u8]) -> Option<(usize, &'a [u8])> {
-        let (tag, rest) = tagged.split_at_checked(9)?;
-        if tag[8] != b'.' || rest.is_empty() {
-            return None;
-        }
-        let idx = self.endpoints.iter().position(|e| e.tag == tag[..8])?;
-        Some((idx, rest))
-    }
-
-    /// The session id clients see for a backend session on endpoint `idx`.
-    pub fn tag_session(&self, idx: usize, backend_id: &HeaderValue) -> Option<HeaderValue> {
-        let mut v = Vec::with_capacity(9 + backend_id.len());
-        v.extend_from_slice(&self.endpoints[idx].tag);
-        v.push(b'.');
-        v.extend_from_slice(backend_id.as_bytes());
-        HeaderValue::from_bytes(&v).ok()
+    /// The endpoint with affinity tag `tag` (from a sealed session id).
+    pub fn by_tag(&self, tag: &[u8; 8]) -> Option<usize> {
+        self.endpoints.iter().position(|e| e.tag == *tag)
     }
 
     /// Sends `req` and waits for the response head within the configured timeout. Failures are
