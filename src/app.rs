@@ -26,6 +26,9 @@ pub enum StartError {
     /// Upstream client configuration unusable.
     #[error(transparent)]
     Upstream(#[from] RouteSetupError),
+    /// The audit log cannot be opened.
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// The session sealing key is unusable.
     #[error("sessions: {0}")]
     SessionKey(#[from] crate::session::KeyError),
@@ -58,6 +61,7 @@ pub struct Running {
     tasks: TaskTracker,
     admin_stop: CancellationToken,
     admin_tasks: TaskTracker,
+    audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl Running {
@@ -73,6 +77,11 @@ impl Running {
         self.admin_stop.cancel();
         self.admin_tasks.close();
         self.admin_tasks.wait().await;
+        if let Some(audit) = &self.audit
+            && let Err(e) = audit.flush().await
+        {
+            tracing::error!(error = %e, "audit log not flushed at exit");
+        }
     }
 }
 
@@ -122,7 +131,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let shutdown = Shutdown::new();
     let tasks = TaskTracker::new();
-    let proxy = Arc::new(Proxy::new(gateway, shutdown.clone()));
+    let audit = match &config.audit {
+        None => None,
+        Some(a) => {
+            let hmac_key = a
+                .hmac_key_file
+                .as_deref()
+                .map(crate::session::load_key_file)
+                .transpose()?
+                .map(|k| k.to_vec());
+            let options = crate::audit::AuditOptions {
+                hmac_key,
+                fsync: a.fsync,
+                ..Default::default()
+            };
+            Some(Arc::new(crate::audit::AuditLog::open(&a.file, options)?))
+        }
+    };
+    let proxy = Arc::new(Proxy::new(gateway, shutdown.clone(), audit.clone()));
     let listener = PublicListener {
         listener: public,
         tls: Arc::new(ArcSwap::new(server_config)),
@@ -153,6 +179,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks,
         admin_stop,
         admin_tasks,
+        audit,
     })
 }
 

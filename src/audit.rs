@@ -13,8 +13,8 @@
 //!  "seq":7,"prev":"<64 hex>","hash":"<64 hex>"}
 //! ```
 //!
-//! Arguments are never logged: `args_sha256` is the SHA-256 of the raw `params.arguments`
-//! JSON bytes, which lets an investigator confirm a known argument set without the log holding
+//! Arguments are never logged: `args_sha256` is the SHA-256 of the POST body that carried the
+//! call (arguments included), which lets an investigator confirm a known request without the log holding
 //! secrets. (Low-entropy arguments can be guessed by hashing candidates; treat the log as
 //! sensitive anyway.) Strings longer than [`MAX_FIELD`] bytes are cut and marked.
 //!
@@ -137,11 +137,12 @@ pub struct AuditEntry {
     pub upstream_status: Option<u16>,
     /// Time from arrival to the end of the answer.
     pub duration_ms: u64,
-    /// [`args_digest`] of the raw `params.arguments` bytes, if the call had arguments.
+    /// [`args_digest`] of the POST body that carried the call (its arguments are in it and
+    /// are never logged themselves).
     pub args_sha256: Option<[u8; 32]>,
 }
 
-/// SHA-256 of the raw `params.arguments` JSON bytes, for [`AuditEntry::args_sha256`].
+/// SHA-256 of the raw request body bytes, for [`AuditEntry::args_sha256`].
 pub fn args_digest(raw_arguments: &[u8]) -> [u8; 32] {
     sha256(raw_arguments)
 }

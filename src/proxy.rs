@@ -16,6 +16,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::audit::{AuditEntry, AuditLog, Decision};
 use crate::auth::bearer::{self, BearerError, SharedIssuers};
 use crate::auth::jwt::Claims;
 use crate::auth::mtls::ClientIdentity;
@@ -153,6 +154,7 @@ pub struct ConnInfo {
 /// The proxy service shared by all connections.
 pub struct Proxy {
     gateway: ArcSwap<Gateway>,
+    audit: Option<Arc<AuditLog>>,
     legacy: Arc<LegacySessions>,
     shutdown: Shutdown,
 }
@@ -173,10 +175,11 @@ struct Target {
 }
 
 impl Proxy {
-    /// A proxy serving `gateway` until `shutdown`.
-    pub fn new(gateway: Gateway, shutdown: Shutdown) -> Self {
+    /// A proxy serving `gateway` until `shutdown`, recording MCP calls in `audit` if given.
+    pub fn new(gateway: Gateway, shutdown: Shutdown, audit: Option<Arc<AuditLog>>) -> Self {
         Proxy {
             gateway: ArcSwap::from_pointee(gateway),
+            audit,
             legacy: Arc::new(LegacySessions::default()),
             shutdown,
         }
@@ -333,11 +336,15 @@ impl Proxy {
         // decision and the backend see the same bytes) and, in the 2026-07-28 era, the
         // Mcp-Method / Mcp-Name headers against it. GET and DELETE carry no JSON-RPC body.
         let envelope;
+        let mut body_digest = None;
         let body: Body = if method == Method::POST {
             let (bytes, e) = self
                 .inspect_post(route, &parts.headers, body, limit, cfg, log)
                 .await?;
             envelope = Some(e);
+            if self.audit.is_some() {
+                body_digest = Some(crate::audit::args_digest(&bytes));
+            }
             crate::http::full(bytes)
         } else {
             envelope = None;
@@ -354,16 +361,39 @@ impl Proxy {
         let policy = &route.config.policy;
         let grants = (!policy.is_empty()).then(|| policy.grants(&principal));
         let mut tools_list_ids = Vec::new();
-        if let (Some(grants), Some(envelope)) = (&grants, &envelope) {
-            for m in envelope.messages() {
-                self.enforce(cfg, route, grants, &principal, m)?;
-                if grants.is_restricted()
-                    && m.is_request()
-                    && m.method.as_deref() == Some("tools/list")
-                {
-                    tools_list_ids.extend(m.id.clone());
+        let mut calls = Vec::new();
+        for m in envelope.iter().flat_map(|e| e.messages()) {
+            let reason = match &grants {
+                Some(grants) => {
+                    let verdict = policy.check(grants, &principal, &route.config.scopes, m);
+                    if !matches!(verdict, Verdict::Allow(_)) {
+                        self.audit_refusal(route, &principal, m, &verdict, body_digest, log);
+                    }
+                    let reason = self.enforce(cfg, route, &principal, m, verdict)?;
+                    if grants.is_restricted()
+                        && m.is_request()
+                        && m.method.as_deref() == Some("tools/list")
+                    {
+                        tools_list_ids.extend(m.id.clone());
+                    }
+                    reason
                 }
+                None => "no policy on route".to_owned(),
+            };
+            if self.audit.is_some() && m.method.is_some() {
+                calls.push(audit_entry(
+                    route,
+                    &principal,
+                    m,
+                    Decision::Allow,
+                    reason,
+                    body_digest,
+                    log,
+                ));
             }
+        }
+        if let Some(audit) = &self.audit {
+            log.set_audit(audit.clone(), calls);
         }
         // Answers to `tools/list` shrink to the tools the principal may call. Streams the
         // proxy cannot pair with requests (legacy streams, GET streams that may replay
@@ -515,21 +545,46 @@ impl Proxy {
         ))
     }
 
-    /// Applies the route policy to one message; a refusal is the whole request's answer.
+    /// Writes the audit line of a call the policy refuses.
+    fn audit_refusal(
+        &self,
+        route: &RouteState,
+        principal: &Principal<'_>,
+        m: &mcp::Message,
+        verdict: &Verdict,
+        digest: Option<[u8; 32]>,
+        log: &AccessLog,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        let reason = match verdict {
+            Verdict::Allow(r) | Verdict::Deny(r) => r.clone(),
+            Verdict::InsufficientScope(needed) => {
+                format!("insufficient scope: needs {}", needed.join(" "))
+            }
+        };
+        audit.try_record(audit_entry(
+            route,
+            principal,
+            m,
+            Decision::Deny,
+            reason,
+            digest,
+            log,
+        ));
+    }
+
+    /// Turns a policy verdict into the request's fate: the allow reason, or the refusal that
+    /// answers the whole request.
     fn enforce(
         &self,
         cfg: &Config,
         route: &RouteState,
-        grants: &Grants,
         principal: &Principal<'_>,
         m: &mcp::Message,
-    ) -> Result<(), ProxyError> {
-        match route
-            .config
-            .policy
-            .check(grants, principal, &route.config.scopes, m)
-        {
-            Verdict::Allow(_) => Ok(()),
+        verdict: Verdict,
+    ) -> Result<String, ProxyError> {
+        match verdict {
+            Verdict::Allow(reason) => Ok(reason),
             Verdict::Deny(reason) => {
                 tracing::info!(route = %route.path, principal = %principal.label(), method = m.method.as_deref().unwrap_or("-"), %reason, "refused by policy");
                 Err(ProxyError::Protocol {
@@ -859,6 +914,32 @@ fn set_identity_headers(
             put("cert-uri", uri);
         }
         put("cert-sha256", &id.sha256_hex);
+    }
+}
+
+/// The audit record of one call (upstream status and duration are filled in at the end).
+fn audit_entry(
+    route: &RouteState,
+    principal: &Principal<'_>,
+    m: &mcp::Message,
+    decision: Decision,
+    reason: String,
+    digest: Option<[u8; 32]>,
+    log: &AccessLog,
+) -> AuditEntry {
+    AuditEntry {
+        time: std::time::SystemTime::now(),
+        request_id: log.request_id().to_owned(),
+        principal: principal.label(),
+        organisation: principal.organisation.map(str::to_owned),
+        route: route.path.to_string(),
+        method: m.method.clone().unwrap_or_default(),
+        target: m.tool_name.clone().or_else(|| m.resource_uri.clone()),
+        decision,
+        reason,
+        upstream_status: None,
+        duration_ms: 0,
+        args_sha256: digest,
     }
 }
 

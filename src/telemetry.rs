@@ -73,6 +73,10 @@ pub struct AccessLog {
     bytes: u64,
     outcome: Option<Outcome>,
     error: Option<&'static str>,
+    audit: Option<(
+        std::sync::Arc<crate::audit::AuditLog>,
+        Vec<crate::audit::AuditEntry>,
+    )>,
 }
 
 impl AccessLog {
@@ -97,6 +101,19 @@ impl AccessLog {
             bytes: 0,
             outcome: None,
             error: None,
+            audit: None,
+        }
+    }
+
+    /// Audit entries of the calls this request forwards, completed (upstream status,
+    /// duration) and written when the request ends.
+    pub fn set_audit(
+        &mut self,
+        log: std::sync::Arc<crate::audit::AuditLog>,
+        entries: Vec<crate::audit::AuditEntry>,
+    ) {
+        if !entries.is_empty() {
+            self.audit = Some((log, entries));
         }
     }
 
@@ -151,6 +168,16 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         // No outcome recorded means hyper dropped the body early: the client left.
         let outcome = self.outcome.unwrap_or(Outcome::ClientClosed);
+        if let Some((log, entries)) = self.audit.take() {
+            // A status the proxy made itself (502, 504, …) is not the upstream's.
+            let upstream_status = (self.error.is_none() && self.status != 0).then_some(self.status);
+            let duration_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            for mut e in entries {
+                e.upstream_status = upstream_status;
+                e.duration_ms = duration_ms;
+                log.try_record(e);
+            }
+        }
         tracing::info!(
             target: "access",
             request_id = %self.request_id(),

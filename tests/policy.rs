@@ -425,3 +425,90 @@ async fn rmcp_client_sees_the_filtered_list_and_cannot_call_the_rest() {
     assert!(refused.is_err(), "{refused:?}");
     let _ = client.cancel().await;
 }
+
+#[tokio::test]
+async fn every_call_is_audited_with_its_decision_and_the_chain_verifies() {
+    let (tx, _seen) = mpsc::unbounded_channel::<()>();
+    let backend = raw::serve(move |_req| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(());
+            http::Response::builder()
+                .header("content-type", "application/json")
+                .body(raw::full(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#))
+                .unwrap()
+        }
+    })
+    .await;
+    let idp = Idp::new();
+    let pki = support::Pki::new();
+    let issuer = idp.issuer_toml(pki.dir.path());
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_file = audit_dir.path().join("audit.jsonl");
+    let proxy = start_proxy_with(
+        pki,
+        &format!(
+            "[audit]\nfile = \"{}\"\nfsync = \"never\"\n[auth]\norganisation_claim = \"org_id\"\n{issuer}{}{POLICY}",
+            audit_file.display(),
+            support::route("/mcp", &format!("http://{}/mcp", backend.addr))
+        ),
+    )
+    .await;
+    let token = idp.token(
+        "/mcp",
+        serde_json::json!({"sub": "alice", "org_id": "acme", "role": "member"}),
+    );
+    let c = proxy.client(false);
+    for (body, status) in [
+        (
+            serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"secret":"hunter2"}}}),
+            200,
+        ),
+        (tools_call(2, "add"), 403),
+    ] {
+        let r = c
+            .post(proxy.url("/mcp"))
+            .bearer_auth(&token)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        let _ = r.bytes().await;
+    }
+    proxy.stop().await;
+
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(!text.contains("hunter2"), "arguments are never logged");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |tool: &str| {
+        lines
+            .iter()
+            .find(|l| l["target"] == tool)
+            .unwrap_or_else(|| panic!("no audit line for {tool}: {text}"))
+    };
+    let echo = find("echo");
+    assert_eq!(echo["decision"], "allow");
+    assert_eq!(echo["principal"], format!("{}#alice", support::idp::ISSUER));
+    assert_eq!(echo["organisation"], "acme");
+    assert_eq!(echo["route"], "/mcp");
+    assert_eq!(echo["method"], "tools/call");
+    assert_eq!(echo["upstream_status"], 200);
+    assert_eq!(echo["args_sha256"].as_str().map(str::len), Some(64));
+    assert!(
+        echo["reason"].as_str().unwrap().contains("members"),
+        "{echo}"
+    );
+    let add = find("add");
+    assert_eq!(add["decision"], "deny");
+    assert!(add["upstream_status"].is_null());
+    assert!(
+        add["reason"].as_str().unwrap().contains("not allowed"),
+        "{add}"
+    );
+    let report = mcp_edge::audit::verify_file(&audit_file, None).unwrap();
+    assert!(report.is_ok(), "{report}");
+}

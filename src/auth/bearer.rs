@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 
+use crate::auth::introspection::{IntrospectionError, IntrospectionSetupError, Introspector};
 use crate::auth::jwks::{KeySourceError, KeyStore};
 use crate::auth::jwt::{Claims, IssuerPolicy, PolicyError, TokenError, unverified_issuer};
 use crate::config::{AuthSettings, Route};
@@ -75,12 +76,27 @@ pub enum IssuerSetupError {
     /// The policy was refused.
     #[error("auth.issuers: {0}")]
     Policy(#[from] PolicyError),
+    /// The introspection client could not be set up (secret file, CA).
+    #[error("auth.issuers `{issuer}`.introspection: {error}")]
+    Introspection {
+        /// The issuer.
+        issuer: String,
+        /// What failed.
+        error: IntrospectionSetupError,
+    },
+}
+
+/// How one issuer's tokens are checked: signature (JWT), introspection, or both.
+#[derive(Debug, Clone, Default)]
+struct IssuerCheck {
+    jwt: Option<IssuerPolicy>,
+    introspector: Option<Introspector>,
 }
 
 /// Validators for every configured issuer.
 #[derive(Debug, Clone, Default)]
 pub struct Issuers {
-    by_issuer: HashMap<String, IssuerPolicy>,
+    by_issuer: HashMap<String, IssuerCheck>,
     largest_token: usize,
 }
 
@@ -90,22 +106,32 @@ impl Issuers {
         let mut by_issuer = HashMap::with_capacity(auth.issuers.len());
         let mut largest_token = 0;
         for s in &auth.issuers {
-            let keys =
-                KeyStore::new(s.keys.clone())
-                    .await
-                    .map_err(|error| IssuerSetupError::Keys {
+            let mut check = IssuerCheck::default();
+            if let Some(source) = &s.keys {
+                let keys = KeyStore::new(source.clone()).await.map_err(|error| {
+                    IssuerSetupError::Keys {
                         issuer: s.issuer.clone(),
                         error,
-                    })?;
-            let policy = IssuerPolicy::new(
-                s.issuer.clone(),
-                s.algorithms.clone(),
-                s.leeway,
-                s.max_token_bytes,
-                keys,
-            )?;
+                    }
+                })?;
+                check.jwt = Some(IssuerPolicy::new(
+                    s.issuer.clone(),
+                    s.algorithms.clone(),
+                    s.leeway,
+                    s.max_token_bytes,
+                    keys,
+                )?);
+            }
+            if let Some(c) = &s.introspection {
+                check.introspector = Some(Introspector::new(c.clone()).map_err(|error| {
+                    IssuerSetupError::Introspection {
+                        issuer: s.issuer.clone(),
+                        error,
+                    }
+                })?);
+            }
             largest_token = largest_token.max(s.max_token_bytes);
-            by_issuer.insert(s.issuer.clone(), policy);
+            by_issuer.insert(s.issuer.clone(), check);
         }
         Ok(Issuers {
             by_issuer,
@@ -115,14 +141,52 @@ impl Issuers {
 
     /// Validates `token` for `route`: its issuer must be one the route accepts, and the token
     /// must be meant for the route's resource.
+    ///
+    /// A JWT naming a configured issuer is checked by that issuer (its signature, or by
+    /// introspection when the issuer has no keys). Any other token (opaque, or a JWT naming no
+    /// configured issuer) goes to the route's introspection issuer when it has exactly one;
+    /// with none or several it is refused, as nothing could tell which server to ask.
     pub async fn validate(&self, token: &str, route: &Route) -> Result<Claims, TokenError> {
-        let iss = unverified_issuer(token, self.largest_token.max(1))?;
-        if !route.issuers.contains(&iss) {
-            return Err(TokenError::WrongIssuer);
+        let parsed = unverified_issuer(token, self.largest_token.max(1));
+        if let Ok(iss) = &parsed
+            && let Some(check) = self.by_issuer.get(iss)
+        {
+            if !route.issuers.contains(iss) {
+                return Err(TokenError::WrongIssuer);
+            }
+            return match (&check.jwt, &check.introspector) {
+                (Some(policy), _) => policy.validate(token, &route.resource).await,
+                (None, Some(i)) => introspect(i, token, route).await,
+                (None, None) => Err(TokenError::WrongIssuer),
+            };
         }
-        let policy = self.by_issuer.get(&iss).ok_or(TokenError::WrongIssuer)?;
-        policy.validate(token, &route.resource).await
+        let mut introspectors = route
+            .issuers
+            .iter()
+            .filter_map(|iss| self.by_issuer.get(iss)?.introspector.as_ref());
+        match (introspectors.next(), introspectors.next()) {
+            (Some(i), None) => introspect(i, token, route).await,
+            _ => Err(parsed.err().unwrap_or(TokenError::WrongIssuer)),
+        }
     }
+}
+
+async fn introspect(i: &Introspector, token: &str, route: &Route) -> Result<Claims, TokenError> {
+    i.introspect(token, &route.resource).await.map_err(|e| {
+        if e.is_server_side() {
+            tracing::warn!(endpoint = %i.endpoint(), error = %e, "token introspection failed");
+        }
+        match e {
+            IntrospectionError::TooLarge => TokenError::TooLarge,
+            IntrospectionError::Malformed => TokenError::Malformed("not a bearer token"),
+            IntrospectionError::Inactive => TokenError::Inactive,
+            IntrospectionError::Expired => TokenError::Expired,
+            IntrospectionError::NotYetValid => TokenError::NotYetValid,
+            IntrospectionError::WrongIssuer => TokenError::WrongIssuer,
+            IntrospectionError::WrongAudience => TokenError::WrongAudience,
+            IntrospectionError::Unavailable(_) => TokenError::IntrospectionUnavailable,
+        }
+    })
 }
 
 /// The URL of a route's Protected Resource Metadata document.

@@ -65,6 +65,12 @@ pub enum TokenError {
     /// A server-side condition: answer 503, not 401.
     #[error("token signing keys unavailable")]
     KeysUnavailable,
+    /// The authorization server says the (opaque) token is not active.
+    #[error("token not active")]
+    Inactive,
+    /// The introspection endpoint gave no usable answer. Server-side: 503.
+    #[error("token introspection unavailable")]
+    IntrospectionUnavailable,
 }
 
 impl TokenError {
@@ -81,12 +87,17 @@ impl TokenError {
             TokenError::WrongIssuer => "token issuer not accepted",
             TokenError::WrongAudience => "token audience does not include this resource",
             TokenError::KeysUnavailable => "token signing keys unavailable",
+            TokenError::Inactive => "token not active",
+            TokenError::IntrospectionUnavailable => "token introspection unavailable",
         }
     }
 
     /// Whether the failure is on the proxy's side (503) rather than the token's (401).
     pub fn is_server_side(&self) -> bool {
-        matches!(self, TokenError::KeysUnavailable)
+        matches!(
+            self,
+            TokenError::KeysUnavailable | TokenError::IntrospectionUnavailable
+        )
     }
 }
 

@@ -7,3 +7,5 @@ pub mod jwks;
 pub mod jwt;
 pub mod mtls;
 pub mod origin;
+/// Short-lived JWTs the proxy signs to tell backends who the caller is.
+pub mod upstream_token;

@@ -24,6 +24,8 @@ pub struct ConfigFile {
     /// `[sessions]`: the key that seals session ids.
     #[serde(default)]
     pub sessions: SessionsFile,
+    /// `[audit]`: the hash-chained log of MCP calls.
+    pub audit: Option<AuditFile>,
     /// `[upstream]`: defaults for every route's upstream connections.
     #[serde(default)]
     pub upstream: UpstreamDefaultsFile,
@@ -293,6 +295,30 @@ pub struct RouteFile {
     pub policy: Option<PolicyFile>,
 }
 
+/// `[audit]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// JSON-lines file the calls are appended to.
+    pub file: PathBuf,
+    /// 32-byte key (raw or base64): lines then carry an HMAC instead of a plain hash.
+    pub hmac_key_file: Option<PathBuf>,
+    /// `batch` (fdatasync after every write batch, default) or `never`.
+    #[serde(default)]
+    pub fsync: AuditFsync,
+}
+
+/// When the audit writer syncs to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// After every batch.
+    #[default]
+    Batch,
+    /// Left to the OS.
+    Never,
+}
+
 /// `[sessions]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -427,7 +453,8 @@ impl Default for AuthFile {
 pub struct IssuerFile {
     /// Exact `iss` value.
     pub issuer: String,
-    /// Accepted signature algorithms (e.g. `["ES256", "RS256"]`).
+    /// Accepted signature algorithms (e.g. `["ES256", "RS256"]`); optional with introspection only.
+    #[serde(default)]
     pub algorithms: Vec<String>,
     /// Clock skew tolerated on `exp` / `nbf`.
     #[serde(default = "defaults::leeway", with = "humantime_serde")]
@@ -456,6 +483,48 @@ pub struct IssuerFile {
     pub pem_keys: Vec<PathBuf>,
     /// Shared secret for HS* algorithms.
     pub hmac_secret_file: Option<PathBuf>,
+    /// `[auth.issuers.introspection]`: RFC 7662 for opaque tokens.
+    pub introspection: Option<IntrospectionFile>,
+}
+
+/// `[auth.issuers.introspection]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionFile {
+    /// `https://` URL of the introspection endpoint.
+    pub endpoint: String,
+    /// The proxy's client id at the authorization server.
+    pub client_id: String,
+    /// File holding the client secret.
+    pub client_secret_file: PathBuf,
+    /// CA bundle for the endpoint (default: the system bundle file).
+    pub ca: Option<PathBuf>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: IntrospectionAuthMethod,
+    /// Refuse active tokens whose answer has no `aud`.
+    #[serde(default = "defaults::yes")]
+    pub require_audience: bool,
+    /// Longest time an active answer is cached.
+    #[serde(default, with = "humantime_serde")]
+    pub cache_max: Option<Duration>,
+    /// How long an inactive answer is cached.
+    #[serde(default, with = "humantime_serde")]
+    pub negative_cache: Option<Duration>,
+    /// Deadline of one call.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// How the proxy authenticates to the introspection endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionAuthMethod {
+    /// HTTP Basic.
+    #[default]
+    ClientSecretBasic,
+    /// Form body.
+    ClientSecretPost,
 }
 
 /// The proof a route demands of each request.
@@ -569,6 +638,9 @@ mod defaults {
     }
     pub fn jwks_min_refetch() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn yes() -> bool {
+        true
     }
     pub fn log_level() -> String {
         "info".to_owned()

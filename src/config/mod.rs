@@ -70,6 +70,8 @@ pub struct Config {
     pub shutdown: ShutdownSettings,
     /// Session id sealing.
     pub sessions: SessionSettings,
+    /// The audit log, when configured.
+    pub audit: Option<AuditSettings>,
     /// Loopback admin listener, if enabled.
     pub admin: Option<Admin>,
     /// Logging.
@@ -104,8 +106,21 @@ pub struct IssuerSettings {
     pub max_token_bytes: usize,
     /// Authorization server URL for the protected resource metadata.
     pub authorization_server: String,
-    /// Where the verification keys come from.
-    pub keys: crate::auth::jwks::KeySource,
+    /// Where the JWT verification keys come from (`None`: introspection only).
+    pub keys: Option<crate::auth::jwks::KeySource>,
+    /// RFC 7662 introspection for opaque tokens.
+    pub introspection: Option<crate::auth::introspection::IntrospectionConfig>,
+}
+
+/// Validated `[audit]`.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The log file.
+    pub file: PathBuf,
+    /// HMAC key file.
+    pub hmac_key_file: Option<PathBuf>,
+    /// When to sync.
+    pub fsync: crate::audit::FsyncPolicy,
 }
 
 /// Validated `[sessions]`.
@@ -575,6 +590,14 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         listener,
         http,
         sse,
+        audit: file.audit.map(|a| AuditSettings {
+            file: resolve(&a.file),
+            hmac_key_file: a.hmac_key_file.as_deref().map(resolve),
+            fsync: match a.fsync {
+                crate::config::file::AuditFsync::Batch => crate::audit::FsyncPolicy::EveryBatch,
+                crate::config::file::AuditFsync::Never => crate::audit::FsyncPolicy::Never,
+            },
+        }),
         sessions: SessionSettings {
             previous_key_files: file
                 .sessions
@@ -1003,7 +1026,7 @@ fn validate_auth(
                 "configure each issuer once",
             ));
         }
-        if f.algorithms.is_empty() {
+        if f.algorithms.is_empty() && f.introspection.is_none() {
             return Err(ConfigError::invalid(
                 key("algorithms"),
                 "is empty",
@@ -1032,14 +1055,27 @@ fn validate_auth(
             + usize::from(f.jwks_file.is_some())
             + usize::from(!f.pem_keys.is_empty())
             + usize::from(f.hmac_secret_file.is_some());
-        if sources != 1 {
+        let introspection = match &f.introspection {
+            None => None,
+            Some(i) => Some(introspection_config(i, &f, &key, resolve)?),
+        };
+        if sources > 1 || (sources == 0 && introspection.is_none()) {
             return Err(ConfigError::invalid(
                 key("jwks_url"),
                 format!("{sources} key sources are set"),
-                "set exactly one of jwks_url, jwks_file, pem_keys, hmac_secret_file",
+                "set exactly one of jwks_url, jwks_file, pem_keys, hmac_secret_file (or only [auth.issuers.introspection] for opaque tokens)",
             ));
         }
-        let keys = if let Some(url) = &f.jwks_url {
+        if sources == 1 && f.algorithms.is_empty() {
+            return Err(ConfigError::invalid(
+                key("algorithms"),
+                "is empty",
+                "list the algorithms the issuer signs with, e.g. [\"ES256\"]",
+            ));
+        }
+        let keys = if sources == 0 {
+            None
+        } else if let Some(url) = &f.jwks_url {
             let uri: Uri = url.parse().map_err(|_| {
                 ConfigError::invalid(
                     key("jwks_url"),
@@ -1068,13 +1104,15 @@ fn validate_auth(
             c.refresh = f.jwks_refresh;
             c.min_refetch_interval = f.jwks_min_refetch_interval;
             c.cache_file = f.jwks_cache_file.as_deref().map(resolve);
-            KeySource::JwksUrl(c)
+            Some(KeySource::JwksUrl(c))
         } else if let Some(p) = &f.jwks_file {
-            KeySource::JwksFile(resolve(p))
+            Some(KeySource::JwksFile(resolve(p)))
         } else if let Some(p) = &f.hmac_secret_file {
-            KeySource::HmacSecretFile(resolve(p))
+            Some(KeySource::HmacSecretFile(resolve(p)))
         } else {
-            KeySource::PemKeys(f.pem_keys.iter().map(|p| resolve(p)).collect())
+            Some(KeySource::PemKeys(
+                f.pem_keys.iter().map(|p| resolve(p)).collect(),
+            ))
         };
         let hmac = algorithms.iter().any(|a| {
             matches!(
@@ -1084,7 +1122,7 @@ fn validate_auth(
                     | jsonwebtoken::Algorithm::HS512
             )
         });
-        if hmac != matches!(keys, KeySource::HmacSecretFile(_))
+        if hmac != matches!(keys, Some(KeySource::HmacSecretFile(_)))
             || (hmac
                 && algorithms.iter().any(|a| {
                     !matches!(
@@ -1108,6 +1146,7 @@ fn validate_auth(
             leeway: f.leeway,
             max_token_bytes: f.max_token_bytes,
             keys,
+            introspection,
         });
     }
     if let Some(c) = &a.organisation_claim
@@ -1124,6 +1163,64 @@ fn validate_auth(
         identity_header_prefix: prefix,
         organisation_claim: a.organisation_claim,
     })
+}
+
+/// The introspection client of issuer `f`, checked like the rest of the config.
+fn introspection_config(
+    i: &crate::config::file::IntrospectionFile,
+    f: &crate::config::file::IssuerFile,
+    key: &dyn Fn(&str) -> String,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<crate::auth::introspection::IntrospectionConfig, ConfigError> {
+    use crate::auth::introspection::{ClientAuthMethod, IntrospectionConfig};
+    let endpoint: Uri = i
+        .endpoint
+        .parse()
+        .ok()
+        .filter(|u: &Uri| u.scheme_str() == Some("https") && u.host().is_some() && !has_user_info(u))
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                key("introspection.endpoint"),
+                format!("`{}` is not an https:// URL without user info", i.endpoint),
+                "write the authorization server's introspection URL, e.g. \"https://as.example.com/oauth2/introspect\"",
+            )
+        })?;
+    if i.client_id.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            key("introspection.client_id"),
+            "is empty",
+            "set the client id the proxy was registered with at the authorization server",
+        ));
+    }
+    let mut c = IntrospectionConfig::new(
+        endpoint,
+        i.client_id.clone(),
+        resolve(&i.client_secret_file),
+    );
+    c.ca = i.ca.as_deref().map(resolve);
+    c.auth_method = match i.auth_method {
+        crate::config::file::IntrospectionAuthMethod::ClientSecretBasic => {
+            ClientAuthMethod::ClientSecretBasic
+        }
+        crate::config::file::IntrospectionAuthMethod::ClientSecretPost => {
+            ClientAuthMethod::ClientSecretPost
+        }
+    };
+    c.expected_issuer = Some(f.issuer.clone());
+    c.require_audience = i.require_audience;
+    c.leeway = f.leeway;
+    c.max_token_bytes = f.max_token_bytes;
+    if let Some(d) = i.cache_max {
+        c.cache_max = d;
+    }
+    if let Some(d) = i.negative_cache {
+        c.negative_cache = d;
+    }
+    if let Some(d) = i.timeout {
+        nonzero(&key("introspection.timeout"), d)?;
+        c.timeout = d;
+    }
+    Ok(c)
 }
 
 /// Normalises `listener.allowed_hosts`, defaulting to the host of `public_url`.
