@@ -50,6 +50,20 @@ pub async fn run(
 fn answer(req: &Request<Incoming>, proxy: &Proxy, shutdown: &Shutdown) -> Response<Body> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
+        (&Method::GET, "/upstream-jwks.json") => match proxy.gateway().upstream_jwks() {
+            Some(jwks) => {
+                let mut resp = Response::new(full(jwks));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/jwk-set+json"),
+                );
+                return resp;
+            }
+            None => (
+                StatusCode::NOT_FOUND,
+                "no [auth.upstream_token] configured\n".to_owned(),
+            ),
+        },
         (&Method::GET, "/readyz") if shutdown.drain().is_cancelled() => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
         }

@@ -29,6 +29,9 @@ pub enum StartError {
     /// The audit log cannot be opened.
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// The upstream token signing key is unusable.
+    #[error("auth.upstream_token: {0}")]
+    UpstreamToken(#[from] crate::auth::upstream_token::UpstreamTokenError),
     /// The session sealing key is unusable.
     #[error("sessions: {0}")]
     SessionKey(#[from] crate::session::KeyError),
@@ -107,7 +110,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let sealer = Arc::new(crate::session::SessionSealer::from_settings(
         &config.sessions,
     )?);
-    let gateway = Gateway::new(config.clone(), issuers, sealer)?;
+    let signer = crate::auth::upstream_token::UpstreamSigner::from_settings(
+        config.auth.upstream_token.as_ref(),
+    )?;
+    let gateway = Gateway::new(config.clone(), issuers, sealer, signer)?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)

@@ -51,7 +51,11 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
     // Issuer key sources are not contacted: `check` makes no network calls.
     let sealer = crate::session::SessionSealer::from_settings(&cfg.sessions)
         .map_err(StartError::SessionKey)?;
-    Gateway::new(cfg.clone(), Default::default(), Arc::new(sealer))
+    let signer = crate::auth::upstream_token::UpstreamSigner::from_settings(
+        cfg.auth.upstream_token.as_ref(),
+    )
+    .map_err(StartError::UpstreamToken)?;
+    Gateway::new(cfg.clone(), Default::default(), Arc::new(sealer), signer)
         .map_err(StartError::Upstream)?;
 
     let now = SystemTime::now();

@@ -21,6 +21,7 @@ use crate::auth::bearer::{self, BearerError, SharedIssuers};
 use crate::auth::jwt::Claims;
 use crate::auth::mtls::ClientIdentity;
 use crate::auth::origin::{self, OriginCheck};
+use crate::auth::upstream_token::{UpstreamIdentity, UpstreamSigner};
 use crate::config::{Config, RequireAuth, Route, Transport};
 use crate::http::Body;
 use crate::http::error::ProxyError;
@@ -61,6 +62,7 @@ pub struct Gateway {
     config: Arc<Config>,
     issuers: SharedIssuers,
     sealer: Arc<SessionSealer>,
+    signer: Option<UpstreamSigner>,
     routes: Vec<RouteState>,
 }
 
@@ -71,6 +73,7 @@ impl Gateway {
         config: Arc<Config>,
         issuers: SharedIssuers,
         sealer: Arc<SessionSealer>,
+        signer: Option<UpstreamSigner>,
     ) -> Result<Self, RouteSetupError> {
         let routes = config
             .routes
@@ -93,8 +96,14 @@ impl Gateway {
             config,
             issuers,
             sealer,
+            signer,
             routes,
         })
+    }
+
+    /// The JWKS document of the upstream token signing key, when one is configured.
+    pub fn upstream_jwks(&self) -> Option<String> {
+        self.signer.as_ref().map(UpstreamSigner::jwks)
     }
 
     /// The configuration this snapshot was built from.
@@ -424,6 +433,23 @@ impl Proxy {
             conn.client_cert.as_deref(),
         );
         h.insert(X_REQUEST_ID, request_id.clone());
+        if let (Some(aud), Some(signer)) = (&route.config.upstream_token_audience, &gw.signer) {
+            let rid = log.request_id().to_owned();
+            let identity = UpstreamIdentity::new(
+                claims.as_ref(),
+                conn.client_cert.as_deref(),
+                organisation.as_deref(),
+                &rid,
+            );
+            // Without its token the backend would see an unauthenticated call: fail closed.
+            let token = signer.sign(aud, &identity).map_err(|e| {
+                tracing::error!(request_id = %rid, error = %e, "cannot sign the upstream token");
+                ProxyError::UpstreamUnavailable
+            })?;
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ProxyError::UpstreamUnavailable)?;
+            h.insert(header::AUTHORIZATION, value);
+        }
         // Compressed SSE would be buffered by the compressor; upstream hops are internal anyway.
         h.remove(header::ACCEPT_ENCODING);
         parts.uri = target.uri;

@@ -416,3 +416,81 @@ async fn rmcp_client_with_a_bearer_token_end_to_end() {
     );
     assert!(().serve(transport).await.is_err());
 }
+
+#[tokio::test]
+async fn backend_gets_a_token_signed_by_the_proxy_not_the_clients() {
+    use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let backend = raw::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(req.headers().clone());
+            http::Response::new(raw::full("ok"))
+        }
+    })
+    .await;
+    let client_idp = support::idp::Idp::new();
+    let pki = support::Pki::new();
+    let issuer = client_idp.issuer_toml(pki.dir.path());
+    let signing = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(pki.dir.path().join("upstream.pem"), signing.serialize_pem()).unwrap();
+    let proxy = start_proxy_with(
+        pki,
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[auth]\norganisation_claim = \"org_id\"\n{issuer}\
+             [auth.upstream_token]\nsigning_key = \"upstream.pem\"\nlifetime = \"30s\"\n\
+             [[routes]]\npath = \"/mcp\"\nupstream = \"http://{}/mcp\"\n\
+             upstream_token_audience = \"https://backend.internal/mcp\"\n[routes.auth]\nrequire = \"token\"\n",
+            backend.addr
+        ),
+    )
+    .await;
+    let client_token = client_idp.token("/mcp", serde_json::json!({"org_id": "acme"}));
+    let resp = proxy
+        .client(false)
+        .post(proxy.url("/mcp"))
+        .bearer_auth(&client_token)
+        .header("x-request-id", "req-upstream-1")
+        .body(support::PING)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = seen.recv().await.unwrap();
+    let upstream = h["authorization"]
+        .to_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .expect("a bearer token upstream")
+        .to_owned();
+    assert_ne!(
+        upstream, client_token,
+        "the client's token never goes upstream"
+    );
+
+    // The backend verifies it with the JWKS the admin listener publishes.
+    let admin = proxy.running.as_ref().unwrap().admin_addr.unwrap();
+    let jwks: JwkSet = reqwest::get(format!("http://{admin}/upstream-jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_audience(&["https://backend.internal/mcp"]);
+    v.set_issuer(&["https://localhost:8443"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &upstream,
+        &DecodingKey::from_jwk(&jwks.keys[0]).unwrap(),
+        &v,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "agent-7");
+    assert_eq!(claims["client_iss"], support::idp::ISSUER);
+    assert_eq!(claims["org"], "acme");
+    assert_eq!(claims["scope"], "mcp:tools");
+    assert_eq!(claims["request_id"], "req-upstream-1");
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(lifetime, 30);
+}

@@ -185,6 +185,21 @@ impl fmt::Debug for UpstreamSigner {
 }
 
 impl UpstreamSigner {
+    /// The signer `[auth.upstream_token]` describes, if any.
+    pub fn from_settings(
+        s: Option<&crate::config::UpstreamTokenSettings>,
+    ) -> Result<Option<Self>, UpstreamTokenError> {
+        s.map(|s| {
+            Self::from_pem_file(
+                &s.signing_key,
+                s.issuer.clone(),
+                s.key_id.clone(),
+                s.lifetime,
+            )
+        })
+        .transpose()
+    }
+
     /// Loads the private key from a PEM file (PKCS#8, or SEC1 for EC): P-256 → ES256, P-384 →
     /// ES384, Ed25519 → EdDSA; anything else is refused with an error naming the file.
     pub fn from_pem_file(

@@ -293,6 +293,8 @@ pub struct RouteFile {
     pub auth: RouteAuthFile,
     /// `[routes.policy]`: MCP methods, tools and resources per principal.
     pub policy: Option<PolicyFile>,
+    /// Audience of the identity token the proxy signs for this route's backend.
+    pub upstream_token_audience: Option<String>,
 }
 
 /// `[audit]`
@@ -435,6 +437,26 @@ pub struct AuthFile {
     pub identity_header_prefix: String,
     /// Token claim naming the principal's organisation (audit log, `{org}` in policies).
     pub organisation_claim: Option<String>,
+    /// `[auth.upstream_token]`: short-lived identity tokens the proxy signs for backends.
+    pub upstream_token: Option<UpstreamTokenFile>,
+}
+
+/// `[auth.upstream_token]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTokenFile {
+    /// PKCS#8 PEM private key (P-256, P-384 or Ed25519).
+    pub signing_key: PathBuf,
+    /// `iss` of the tokens (default: `listener.public_url`).
+    pub issuer: Option<String>,
+    /// `kid` (default: the key's RFC 7638 thumbprint).
+    pub key_id: Option<String>,
+    /// Token lifetime.
+    #[serde(
+        default = "defaults::upstream_token_lifetime",
+        with = "humantime_serde"
+    )]
+    pub lifetime: Duration,
 }
 
 impl Default for AuthFile {
@@ -443,6 +465,7 @@ impl Default for AuthFile {
             issuers: Vec::new(),
             identity_header_prefix: defaults::identity_header_prefix(),
             organisation_claim: None,
+            upstream_token: None,
         }
     }
 }
@@ -638,6 +661,9 @@ mod defaults {
     }
     pub fn jwks_min_refetch() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn upstream_token_lifetime() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn yes() -> bool {
         true

@@ -91,6 +91,21 @@ pub struct AuthSettings {
     pub identity_header_prefix: String,
     /// Token claim naming the principal's organisation.
     pub organisation_claim: Option<String>,
+    /// Signing of identity tokens for backends.
+    pub upstream_token: Option<UpstreamTokenSettings>,
+}
+
+/// Validated `[auth.upstream_token]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamTokenSettings {
+    /// Private key file.
+    pub signing_key: PathBuf,
+    /// `iss` (defaulted to `listener.public_url`).
+    pub issuer: String,
+    /// `kid`, if not the thumbprint.
+    pub key_id: Option<String>,
+    /// Lifetime.
+    pub lifetime: Duration,
 }
 
 /// One token issuer.
@@ -262,6 +277,8 @@ pub struct Route {
     pub resource: String,
     /// MCP methods, tools and resources per principal.
     pub policy: std::sync::Arc<crate::policy::RoutePolicy>,
+    /// Audience of the identity token signed for the backend (`None`: no token).
+    pub upstream_token_audience: Option<String>,
 }
 
 /// Settings for the connections a route makes to its upstreams.
@@ -505,7 +522,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     )?;
     nonzero("upstream.body_idle_timeout", u.body_idle_timeout)?;
 
-    let auth = validate_auth(file.auth, &resolve)?;
+    let auth = validate_auth(file.auth, &listener.public_url, &resolve)?;
 
     if file.routes.is_empty() {
         return Err(ConfigError::invalid(
@@ -517,6 +534,13 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     let mut routes: Vec<Route> = Vec::with_capacity(file.routes.len());
     for (i, r) in file.routes.into_iter().enumerate() {
         let mut route = validate_route(i, r, u, &resolve)?;
+        if route.upstream_token_audience.is_some() && auth.upstream_token.is_none() {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].upstream_token_audience"),
+                "is set but [auth.upstream_token] is not configured",
+                "add [auth.upstream_token] with `signing_key = \"/etc/mcp-edge/upstream-signing.pem\"`",
+            ));
+        }
         route.resource = crate::auth::jwt::canonical_resource(&format!(
             "{}{}",
             listener.public_url.to_string().trim_end_matches('/'),
@@ -789,7 +813,19 @@ fn validate_route(
         ));
     }
 
+    if r.upstream_token_audience
+        .as_ref()
+        .is_some_and(|a| a.trim().is_empty())
+    {
+        return Err(ConfigError::invalid(
+            key("upstream_token_audience"),
+            "is empty",
+            "set the audience the backend expects, e.g. \"https://backend.internal/mcp\", or remove the key",
+        ));
+    }
+
     Ok(Route {
+        upstream_token_audience: r.upstream_token_audience,
         certificate_bound_tokens: r.auth.certificate_bound_tokens,
         policy: std::sync::Arc::new(policy),
         path: r.path,
@@ -994,6 +1030,7 @@ fn parse_public_url(s: &str) -> Result<Uri, ConfigError> {
 
 fn validate_auth(
     a: AuthFile,
+    public_url: &Uri,
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<AuthSettings, ConfigError> {
     use crate::auth::jwks::{JwksUrlConfig, KeySource};
@@ -1158,10 +1195,34 @@ fn validate_auth(
             "name the token claim that carries the organisation, e.g. \"org_id\"",
         ));
     }
+    let upstream_token = match a.upstream_token {
+        None => None,
+        Some(u) => {
+            if u.lifetime < Duration::from_secs(1) || u.lifetime > Duration::from_secs(3600) {
+                return Err(ConfigError::invalid(
+                    "auth.upstream_token.lifetime",
+                    format!(
+                        "{} is outside 1s..=1h",
+                        humantime::format_duration(u.lifetime)
+                    ),
+                    "keep the default 60s: the token only has to cover one request",
+                ));
+            }
+            Some(UpstreamTokenSettings {
+                signing_key: resolve(&u.signing_key),
+                issuer: u
+                    .issuer
+                    .unwrap_or_else(|| public_url.to_string().trim_end_matches('/').to_owned()),
+                key_id: u.key_id,
+                lifetime: u.lifetime,
+            })
+        }
+    };
     Ok(AuthSettings {
         issuers,
         identity_header_prefix: prefix,
         organisation_claim: a.organisation_claim,
+        upstream_token,
     })
 }
 

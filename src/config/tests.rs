@@ -1207,3 +1207,160 @@ fn bare_unknown_words_are_not_log_levels() {
         ok(&format!("{MINIMAL}[log]\nlevel = \"{good}\"\n"));
     }
 }
+
+/// `LISTENER`, one issuer, and a token route followed by `route_extra` (route keys and
+/// sub-tables).
+fn token_route(auth_extra: &str, route_extra: &str) -> String {
+    with_routes(&format!(
+        "[auth]\n{auth_extra}\n[[auth.issuers]]\nissuer = \"https://idp.example\"\nalgorithms = [\"ES256\"]\npem_keys = [\"idp.pem\"]\n\
+         [[routes]]\npath = \"/mcp\"\nupstream = \"http://127.0.0.1:9000/mcp\"\n{route_extra}"
+    ))
+}
+
+#[test]
+fn policy_is_parsed_into_globs_rules_and_scopes() {
+    let c = ok(&token_route(
+        "organisation_claim = \"org_id\"",
+        r#"[routes.auth]
+require = "token"
+[routes.policy]
+methods = ["tools/*", "initialize"]
+tool_scopes = { "delete_*" = ["memory:write"] }
+[[routes.policy.rules]]
+name = "acme"
+match = { claims = { org_id = ["acme", "acme-eu"] }, cert_sha256 = "AB:CD:EF:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89" }
+allow_tools = ["search_*"]
+resource_prefixes = ["memory://{org}/"]
+"#,
+    ));
+    let p = &c.routes[0].policy;
+    assert_eq!(p.methods.len(), 2);
+    assert_eq!(p.tool_scopes[0].1, ["memory:write"]);
+    let rule = &p.rules[0];
+    assert_eq!(rule.name, "acme");
+    assert_eq!(rule.when.claims[0].1.len(), 2);
+    assert_eq!(
+        rule.when.cert_sha256.as_deref(),
+        Some("abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789")
+    );
+    assert_eq!(c.auth.organisation_claim.as_deref(), Some("org_id"));
+}
+
+#[test]
+fn bad_policies_name_the_key() {
+    let route =
+        |policy: &str| token_route("", &format!("[routes.auth]\nrequire = \"token\"\n{policy}"));
+    invalid(
+        &route("[routes.policy]\nmethods = []\n"),
+        "routes[0].policy.methods",
+        &["empty"],
+    );
+    invalid(
+        &route(
+            "[routes.policy]\n[[routes.policy.rules]]\nallow_tools = [\"x\"]\nresource_prefixes = [\"memory://{org}\"]\n",
+        ),
+        "routes[0].policy.rules[0].resource_prefixes[0]",
+        &["must end with"],
+    );
+    invalid(
+        &route(
+            "[routes.policy]\n[[routes.policy.rules]]\nallow_tools = [\"x\"]\nresource_prefixes = [\"memory://{tenant}/\"]\n",
+        ),
+        "routes[0].policy.rules[0].resource_prefixes[0]",
+        &["placeholder"],
+    );
+    invalid(
+        &route("[routes.policy]\n[[routes.policy.rules]]\nmatch = { subject = \"a\" }\n"),
+        "routes[0].policy.rules[0].allow_tools",
+        &["grants and denies nothing"],
+    );
+    invalid(
+        &route(
+            "[routes.policy]\n[[routes.policy.rules]]\nallow_tools = [\"x\"]\nmatch = { cert_sha256 = \"abc\" }\n",
+        ),
+        "routes[0].policy.rules[0].match.cert_sha256",
+        &["fingerprint"],
+    );
+    invalid(
+        &route("[routes.policy]\ntool_scopes = { \"x\" = [\"two words\"] }\n"),
+        "routes[0].policy.tool_scopes.\"x\"[0]",
+        &["scope token"],
+    );
+    parse_error(
+        &route("[routes.policy]\n[[routes.policy.rules]]\nallow_tool = [\"x\"]\n"),
+        &["allow_tool"],
+    );
+}
+
+#[test]
+fn binding_introspection_and_upstream_tokens_are_checked() {
+    invalid(
+        &token_route(
+            "",
+            "[routes.auth]\nrequire = \"token\"\ncertificate_bound_tokens = true\n",
+        ),
+        "routes[0].auth.certificate_bound_tokens",
+        &["both"],
+    );
+    invalid(
+        &token_route(
+            "",
+            "upstream_token_audience = \"https://backend\"\n[routes.auth]\nrequire = \"token\"\n",
+        ),
+        "routes[0].upstream_token_audience",
+        &["[auth.upstream_token]"],
+    );
+    invalid(
+        &token_route(
+            "[auth.upstream_token]\nsigning_key = \"k.pem\"\nlifetime = \"2h\"",
+            "[routes.auth]\nrequire = \"token\"\n",
+        ),
+        "auth.upstream_token.lifetime",
+        &["1s..=1h"],
+    );
+    let c = ok(&token_route(
+        "[auth.upstream_token]\nsigning_key = \"k.pem\"",
+        "upstream_token_audience = \"https://backend\"\n[routes.auth]\nrequire = \"token\"\n",
+    ));
+    let u = c.auth.upstream_token.as_ref().unwrap();
+    assert_eq!(u.issuer, "https://mcp.example.com");
+    assert_eq!(u.lifetime, Duration::from_secs(60));
+
+    let introspected = |table: &str| {
+        with_routes(&format!(
+            "[[auth.issuers]]\nissuer = \"https://as.example\"\n{table}\n\
+             [[routes]]\npath = \"/mcp\"\nupstream = \"http://127.0.0.1:9000/mcp\"\n[routes.auth]\nrequire = \"token\"\n"
+        ))
+    };
+    let c = ok(&introspected(
+        "[auth.issuers.introspection]\nendpoint = \"https://as.example/introspect\"\nclient_id = \"edge\"\nclient_secret_file = \"as.secret\"\ncache_max = \"2m\"",
+    ));
+    let i = c.auth.issuers[0].introspection.as_ref().unwrap();
+    assert!(c.auth.issuers[0].keys.is_none());
+    assert_eq!(i.cache_max, Duration::from_secs(120));
+    assert_eq!(i.expected_issuer.as_deref(), Some("https://as.example"));
+    invalid(
+        &introspected(
+            "[auth.issuers.introspection]\nendpoint = \"http://as.example/introspect\"\nclient_id = \"edge\"\nclient_secret_file = \"s\"",
+        ),
+        "auth.issuers[0].introspection.endpoint",
+        &["https://"],
+    );
+    invalid(&introspected(""), "auth.issuers[0].algorithms", &["empty"]);
+}
+
+#[test]
+fn sessions_and_audit_paths_resolve() {
+    let c = ok(&with_tables(
+        "[sessions]\nkey_file = \"session.key\"\nprevious_key_files = [\"old.key\"]\n[audit]\nfile = \"audit.jsonl\"\nfsync = \"never\"\n",
+    ));
+    assert!(c.sessions.key_file.as_ref().unwrap().is_absolute());
+    assert_eq!(c.sessions.previous_key_files.len(), 1);
+    let a = c.audit.as_ref().unwrap();
+    assert!(a.file.is_absolute());
+    assert_eq!(a.fsync, crate::audit::FsyncPolicy::Never);
+    parse_error(
+        &with_tables("[audit]\nfile = \"a\"\nfsync = \"sometimes\"\n"),
+        &["sometimes"],
+    );
+}
