@@ -719,6 +719,22 @@ mod tests {
         assert!(check_prefix_template("").is_err());
     }
 
+    /// Obviously-correct (exponential) glob matcher to check [`Glob::matches`] against.
+    fn reference(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) => (0..=t.len()).any(|i| reference(rest, &t[i..])),
+            Some((c, rest)) => t.first() == Some(c) && reference(rest, &t[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn glob_agrees_with_the_reference(p in "[ab*]{0,8}", t in "[ab]{0,10}") {
+            proptest::prop_assert_eq!(Glob::new(p.clone()).matches(&t), reference(p.as_bytes(), t.as_bytes()));
+        }
+    }
+
     #[test]
     fn no_rules_means_no_restriction() {
         let pol = RoutePolicy {

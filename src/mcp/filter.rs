@@ -902,4 +902,26 @@ mod props {
             let _ = run(format!("data: {s}\n\n").as_bytes(), &[]);
         }
     }
+
+    #[test]
+    fn any_id_mode_filters_every_tools_answer_and_nothing_else() {
+        let mut f = SseToolsFilter::any_id(|t: &str| t == "ok");
+        let input = concat!(
+            "id: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"x\",\"result\":{\"tools\":[{\"name\":\"ok\"},{\"name\":\"no\"}]}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[]}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":\"odd\"}\n\n",
+        );
+        let mut out = f.feed(input.as_bytes()).unwrap().to_vec();
+        out.extend_from_slice(&f.finish().unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("{\"name\":\"ok\"}") && !text.contains("\"no\""),
+            "{text}"
+        );
+        assert!(text.contains("id: 1\n"), "{text}");
+        assert!(
+            text.contains("\"content\":[]") && text.contains("\"odd\""),
+            "{text}"
+        );
+    }
 }
