@@ -26,6 +26,9 @@ pub struct ConfigFile {
     pub sessions: SessionsFile,
     /// `[audit]`: the hash-chained log of MCP calls.
     pub audit: Option<AuditFile>,
+    /// `[certs]`: reload on change and expiry alerts.
+    #[serde(default)]
+    pub certs: CertsFile,
     /// `[upstream]`: defaults for every route's upstream connections.
     #[serde(default)]
     pub upstream: UpstreamDefaultsFile,
@@ -295,6 +298,59 @@ pub struct RouteFile {
     pub policy: Option<PolicyFile>,
     /// Audience of the identity token the proxy signs for this route's backend.
     pub upstream_token_audience: Option<String>,
+}
+
+/// `[certs]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertsFile {
+    /// Watch certificate, key, CA and CRL files and reload when they change.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+    /// Reload check even without change events (missed events, network filesystems).
+    #[serde(default = "defaults::rescan_interval", with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// Warning threshold before a certificate expires (or a CRL's nextUpdate passes).
+    #[serde(default = "defaults::warn_before", with = "humantime_serde")]
+    pub warn_before: Duration,
+    /// Critical threshold.
+    #[serde(default = "defaults::critical_before", with = "humantime_serde")]
+    pub critical_before: Duration,
+    /// Least time between two alerts about the same certificate at the same level.
+    #[serde(default = "defaults::alert_interval", with = "humantime_serde")]
+    pub alert_interval: Duration,
+    /// `[certs.webhook]`: where alerts are POSTed as JSON.
+    pub webhook: Option<WebhookFile>,
+    /// Command run for each alert (program and arguments; details in environment variables).
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+impl Default for CertsFile {
+    fn default() -> Self {
+        CertsFile {
+            watch: true,
+            rescan_interval: defaults::rescan_interval(),
+            warn_before: defaults::warn_before(),
+            critical_before: defaults::critical_before(),
+            alert_interval: defaults::alert_interval(),
+            webhook: None,
+            command: Vec::new(),
+        }
+    }
+}
+
+/// `[certs.webhook]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    /// `https://` URL.
+    pub url: String,
+    /// CA bundle for the receiver (default: the system bundle file).
+    pub ca: Option<PathBuf>,
+    /// Deadline of one delivery.
+    #[serde(default = "defaults::webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// `[audit]`
@@ -664,6 +720,21 @@ mod defaults {
     }
     pub fn upstream_token_lifetime() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn rescan_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn warn_before() -> Duration {
+        Duration::from_secs(30 * 86_400)
+    }
+    pub fn critical_before() -> Duration {
+        Duration::from_secs(7 * 86_400)
+    }
+    pub fn alert_interval() -> Duration {
+        Duration::from_secs(86_400)
+    }
+    pub fn webhook_timeout() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn yes() -> bool {
         true

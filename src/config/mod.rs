@@ -72,6 +72,8 @@ pub struct Config {
     pub sessions: SessionSettings,
     /// The audit log, when configured.
     pub audit: Option<AuditSettings>,
+    /// Certificate reload and expiry alerts.
+    pub certs: CertsSettings,
     /// Loopback admin listener, if enabled.
     pub admin: Option<Admin>,
     /// Logging.
@@ -125,6 +127,36 @@ pub struct IssuerSettings {
     pub keys: Option<crate::auth::jwks::KeySource>,
     /// RFC 7662 introspection for opaque tokens.
     pub introspection: Option<crate::auth::introspection::IntrospectionConfig>,
+}
+
+/// Validated `[certs]`.
+#[derive(Debug, Clone)]
+pub struct CertsSettings {
+    /// Watch files and reload on change.
+    pub watch: bool,
+    /// Periodic reload check.
+    pub rescan_interval: Duration,
+    /// Warning threshold.
+    pub warn_before: Duration,
+    /// Critical threshold.
+    pub critical_before: Duration,
+    /// Least time between repeated alerts.
+    pub alert_interval: Duration,
+    /// Webhook receiver.
+    pub webhook: Option<WebhookSettings>,
+    /// Alert command (program first); empty = none.
+    pub command: Vec<String>,
+}
+
+/// Validated `[certs.webhook]`.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `https://` URL.
+    pub url: Uri,
+    /// CA bundle; `None` = system bundle.
+    pub ca: Option<PathBuf>,
+    /// Delivery deadline.
+    pub timeout: Duration,
 }
 
 /// Validated `[audit]`.
@@ -614,6 +646,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         listener,
         http,
         sse,
+        certs: validate_certs(file.certs, &resolve)?,
         audit: file.audit.map(|a| AuditSettings {
             file: resolve(&a.file),
             hmac_key_file: a.hmac_key_file.as_deref().map(resolve),
@@ -1223,6 +1256,60 @@ fn validate_auth(
         identity_header_prefix: prefix,
         organisation_claim: a.organisation_claim,
         upstream_token,
+    })
+}
+
+fn validate_certs(
+    c: crate::config::file::CertsFile,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<CertsSettings, ConfigError> {
+    nonzero("certs.rescan_interval", c.rescan_interval)?;
+    nonzero("certs.alert_interval", c.alert_interval)?;
+    if c.critical_before > c.warn_before {
+        return Err(ConfigError::invalid(
+            "certs.critical_before",
+            "is longer than certs.warn_before",
+            "the critical threshold must come after the warning, e.g. warn_before = \"30d\", critical_before = \"7d\"",
+        ));
+    }
+    let webhook = match c.webhook {
+        None => None,
+        Some(w) => {
+            let url: Uri = w
+                .url
+                .parse()
+                .ok()
+                .filter(|u: &Uri| u.scheme_str() == Some("https") && u.host().is_some())
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "certs.webhook.url",
+                        format!("`{}` is not an https:// URL", w.url),
+                        "alerts carry certificate details: send them over https, e.g. \"https://alerts.example.com/hooks/mcp-edge\"",
+                    )
+                })?;
+            nonzero("certs.webhook.timeout", w.timeout)?;
+            Some(WebhookSettings {
+                url,
+                ca: w.ca.as_deref().map(resolve),
+                timeout: w.timeout,
+            })
+        }
+    };
+    if c.command.first().is_some_and(|p| p.trim().is_empty()) {
+        return Err(ConfigError::invalid(
+            "certs.command",
+            "the program name is empty",
+            "write the program and its arguments, e.g. [\"/usr/local/bin/page-oncall\", \"mcp-edge\"]",
+        ));
+    }
+    Ok(CertsSettings {
+        watch: c.watch,
+        rescan_interval: c.rescan_interval,
+        warn_before: c.warn_before,
+        critical_before: c.critical_before,
+        alert_interval: c.alert_interval,
+        webhook,
+        command: c.command,
     })
 }
 
