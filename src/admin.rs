@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::{Body, full};
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 
 /// Serves `/healthz` and `/readyz` until `stop` fires. It outlives draining on purpose, so
@@ -22,6 +23,7 @@ pub async fn run(
     shutdown: Shutdown,
     stop: CancellationToken,
     tasks: TaskTracker,
+    reloader: Option<Arc<Reloader>>,
 ) {
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
@@ -36,15 +38,42 @@ pub async fn run(
         };
         let proxy = proxy.clone();
         let shutdown_c = shutdown.clone();
+        let reloader = reloader.clone();
         let builder = builder.clone();
         tasks.spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let resp = answer(&req, &proxy, &shutdown_c);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
+                let proxy = proxy.clone();
+                let shutdown = shutdown_c.clone();
+                let reloader = reloader.clone();
+                async move {
+                    let resp = if req.method() == Method::POST && req.uri().path() == "/reload" {
+                        reload(reloader.as_deref()).await
+                    } else {
+                        answer(&req, &proxy, &shutdown)
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
         });
     }
+}
+
+/// `POST /reload`: the same path as SIGHUP. 200 with what changed, or 500 with why nothing did.
+async fn reload(reloader: Option<&Reloader>) -> Response<Body> {
+    let (status, body) = match reloader {
+        None => (StatusCode::NOT_FOUND, "reload not available\n".to_owned()),
+        Some(r) => match r.reload_config().await {
+            Ok(outcome) => (StatusCode::OK, format!("{outcome}\n")),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reload refused, previous state kept: {e}\n"),
+            ),
+        },
+    };
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp
 }
 
 fn answer(req: &Request<Incoming>, proxy: &Proxy, shutdown: &Shutdown) -> Response<Body> {

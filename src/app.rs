@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::listener::PublicListener;
 use crate::proxy::{Gateway, Proxy, RouteSetupError};
 use crate::shutdown::Shutdown;
-use crate::tls::{self, TlsSetupError};
+use crate::tls::TlsSetupError;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +32,15 @@ pub enum StartError {
     /// The upstream token signing key is unusable.
     #[error("auth.upstream_token: {0}")]
     UpstreamToken(#[from] crate::auth::upstream_token::UpstreamTokenError),
+    /// The audit HMAC key is unusable.
+    #[error("audit.hmac_key_file: {0}")]
+    AuditKey(crate::session::KeyError),
     /// The session sealing key is unusable.
     #[error("sessions: {0}")]
     SessionKey(#[from] crate::session::KeyError),
+    /// TLS material failed a check at start.
+    #[error(transparent)]
+    Reload(Box<crate::reload::ReloadError>),
     /// A token issuer's keys could not be set up.
     #[error(transparent)]
     Issuers(#[from] crate::auth::bearer::IssuerSetupError),
@@ -65,6 +71,9 @@ pub struct Running {
     admin_stop: CancellationToken,
     admin_tasks: TaskTracker,
     audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Applies certificate and config reloads.
+    pub reloader: Arc<crate::reload::Reloader>,
+    watcher_stop: CancellationToken,
 }
 
 impl Running {
@@ -75,6 +84,7 @@ impl Running {
 
     /// Waits until every listener and connection has finished, then stops the admin listener.
     pub async fn wait(self) {
+        self.watcher_stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         self.admin_stop.cancel();
@@ -91,29 +101,22 @@ impl Running {
 /// Builds everything from `config`, binds the listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let (resolver, certs) =
-        tls::load_resolver(&config.listener.tls).map_err(TlsSetupError::from)?;
     let now = std::time::SystemTime::now();
-    for c in certs.iter().filter(|c| c.info.time_left(now).is_none()) {
+    let material = crate::reload::build_tls(&config, now, false).map_err(|e| match e {
+        crate::reload::ReloadError::Cert(c) => StartError::Tls(TlsSetupError::Cert(c)),
+        crate::reload::ReloadError::Tls(t) => StartError::Tls(t),
+        other => StartError::Reload(Box::new(other)),
+    })?;
+    for c in material
+        .certs
+        .iter()
+        .filter(|c| c.info.time_left(now).is_none())
+    {
         // Starting anyway keeps routes that use other certificates up; clients of this one
         // will fail their handshakes until it is renewed.
         tracing::error!(path = %c.path.display(), subject = %c.info.subject, "serving certificate has expired");
     }
-    let client_verifier = crate::auth::mtls::verifier(&config.listener.tls.client_auth, now)
-        .map_err(TlsSetupError::from)?;
-    let server_config = tls::server_config(
-        Arc::new(resolver),
-        config.listener.tls.allow_tls12,
-        client_verifier,
-    )?;
-    let issuers = Arc::new(crate::auth::bearer::Issuers::build(&config.auth).await?);
-    let sealer = Arc::new(crate::session::SessionSealer::from_settings(
-        &config.sessions,
-    )?);
-    let signer = crate::auth::upstream_token::UpstreamSigner::from_settings(
-        config.auth.upstream_token.as_ref(),
-    )?;
-    let gateway = Gateway::new(config.clone(), issuers, sealer, signer)?;
+    let gateway = build_gateway(config.clone()).await?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -144,7 +147,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .hmac_key_file
                 .as_deref()
                 .map(crate::session::load_key_file)
-                .transpose()?
+                .transpose()
+                .map_err(StartError::AuditKey)?
                 .map(|k| k.to_vec());
             let options = crate::audit::AuditOptions {
                 hmac_key,
@@ -155,9 +159,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     };
     let proxy = Arc::new(Proxy::new(gateway, shutdown.clone(), audit.clone()));
+    let tls = Arc::new(ArcSwap::new(material.config.clone()));
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        config.source.clone(),
+        tls.clone(),
+        proxy.clone(),
+        &material,
+    ));
+    let watcher_stop = CancellationToken::new();
+    crate::reload::spawn_watcher(
+        reloader.clone(),
+        config.certs.rescan_interval,
+        config.certs.watch,
+        watcher_stop.clone(),
+    );
     let listener = PublicListener {
         listener: public,
-        tls: Arc::new(ArcSwap::new(server_config)),
+        tls: tls.clone(),
         proxy: proxy.clone(),
         http: config.http.clone(),
         handshake_timeout: config.listener.handshake_timeout,
@@ -173,6 +191,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shutdown.clone(),
             admin_stop.clone(),
             admin_tasks.clone(),
+            Some(reloader.clone()),
         ));
     }
     tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "mcp-edge listening");
@@ -186,15 +205,45 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_stop,
         admin_tasks,
         audit,
+        reloader,
+        watcher_stop,
     })
+}
+
+/// Builds the request-path snapshot of `config`: issuers, session sealer, upstream token
+/// signer, routes and their upstream clients.
+pub async fn build_gateway(config: Arc<Config>) -> Result<Gateway, StartError> {
+    let issuers = Arc::new(crate::auth::bearer::Issuers::build(&config.auth).await?);
+    let sealer = Arc::new(crate::session::SessionSealer::from_settings(
+        &config.sessions,
+    )?);
+    let signer = crate::auth::upstream_token::UpstreamSigner::from_settings(
+        config.auth.upstream_token.as_ref(),
+    )?;
+    Ok(Gateway::new(config, issuers, sealer, signer)?)
 }
 
 /// Runs until SIGTERM or Ctrl-C, then drains; a second signal forces an immediate stop.
 pub async fn run_until_signal(running: Running) -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; draining"),
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received; draining");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupt received; draining");
+                break;
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received; reloading configuration and certificates");
+                // The outcome (or why nothing changed) is logged by the reloader.
+                let _ = running.reloader.reload_config().await;
+            }
+        }
     }
     running.begin_shutdown();
     let shutdown = running.shutdown.clone();

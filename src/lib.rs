@@ -40,6 +40,7 @@ pub mod listener;
 pub mod mcp;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod session;
 pub mod shutdown;
 pub mod sse;

@@ -1,9 +1,11 @@
 //! The per-request pipeline. A request passes, in order:
-//! route lookup → method check → body limit → endpoint choice (session affinity or
-//! round-robin) → upstream request (headers rewritten) → response (headers rewritten, body
-//! relayed by [`RelayBody`]) → access log.
-//! Authentication, MCP inspection and policy slot in between the body limit and the endpoint
-//! choice.
+//! Host check → protected resource metadata → route → Origin (and CORS preflight) →
+//! authentication (client certificate, bearer token, scopes) → method → body limit →
+//! endpoint choice (sealed, principal-bound session or round-robin) → MCP inspection of POST
+//! bodies (envelope, protocol headers) → policy (methods, scopes, tools, resources; audit
+//! records) → upstream request (headers rewritten, identity set, client token removed) →
+//! response (session id sealed, `tools/list` filtered, body relayed by [`RelayBody`]) →
+//! access log and audit lines.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +101,16 @@ impl Gateway {
             signer,
             routes,
         })
+    }
+
+    /// The same snapshot with fresh upstream clients (their certificate files changed).
+    pub fn rebuild(&self) -> Result<Gateway, RouteSetupError> {
+        Gateway::new(
+            self.config.clone(),
+            self.issuers.clone(),
+            self.sealer.clone(),
+            self.signer.clone(),
+        )
     }
 
     /// The JWKS document of the upstream token signing key, when one is configured.
@@ -222,12 +234,15 @@ impl Proxy {
         log.set_mcp_method(req.headers().get(MCP_METHOD));
         let gw = self.gateway.load_full();
         let mut cors = None;
+        // The body stays here until the pipeline takes it, so a refusal can drain it.
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
 
         if let Some(id) = &conn.client_cert {
             log.set_principal(id.principal());
         }
         let mut resp = match self
-            .relay(&gw, req, conn, &request_id, &mut cors, &mut log)
+            .relay(&gw, parts, &mut body, conn, &mut cors, &mut log)
             .await
         {
             Ok(Relayed::Upstream(resp, idle, sse)) => {
@@ -240,6 +255,9 @@ impl Proxy {
                 resp
             }
             Err(e) => {
+                if let Some(b) = body.take() {
+                    drain_refused_body(b).await;
+                }
                 let resp = e_response(e, &mut log);
                 drop(log);
                 resp
@@ -255,30 +273,30 @@ impl Proxy {
     async fn relay(
         &self,
         gw: &Gateway,
-        req: Request<Incoming>,
+        req: http::request::Parts,
+        req_body: &mut Option<Incoming>,
         conn: &ConnInfo,
-        request_id: &HeaderValue,
         cors: &mut Option<HeaderValue>,
         log: &mut AccessLog,
     ) -> Result<Relayed, ProxyError> {
         let cfg = &gw.config;
         // 0. Host: a name this proxy does not serve means DNS rebinding or a misrouted client.
-        if !origin::host_allowed(&cfg.listener.allowed_hosts, req.uri(), req.headers()) {
+        if !origin::host_allowed(&cfg.listener.allowed_hosts, &req.uri, &req.headers) {
             tracing::info!(request_id = %log.request_id(), "refused: Host not in listener.allowed_hosts");
             return Err(ProxyError::Forbidden("host not allowed"));
         }
 
         // 0b. Protected Resource Metadata, which clients fetch before they have a token.
-        if let Some(suffix) = req.uri().path().strip_prefix(bearer::PRM_PATH) {
-            return gw.metadata(suffix, req.method()).map(Relayed::Local);
+        if let Some(suffix) = req.uri.path().strip_prefix(bearer::PRM_PATH) {
+            return gw.metadata(suffix, &req.method).map(Relayed::Local);
         }
 
         // 1. Route.
-        let route = gw.route(req.uri().path()).ok_or(ProxyError::NotFound)?;
+        let route = gw.route(req.uri.path()).ok_or(ProxyError::NotFound)?;
         log.set_route(route.path.clone());
 
         // 1b. Origin: browsers must come from a listed origin; CORS preflights end here.
-        match route.config.origins.check(req.headers()) {
+        match route.config.origins.check(&req.headers) {
             OriginCheck::Absent => {}
             OriginCheck::Allowed(o) => *cors = Some(o),
             OriginCheck::Refused(why) => {
@@ -290,15 +308,15 @@ impl Proxy {
             Transport::StreamableHttp => "GET, POST, DELETE",
             Transport::Sse => "GET, POST",
         };
-        if req.method() == Method::OPTIONS
+        if req.method == Method::OPTIONS
             && req
-                .headers()
+                .headers
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
             && let Some(o) = cors.take()
         {
             let mut resp = Response::new(crate::http::empty());
             *resp.status_mut() = http::StatusCode::NO_CONTENT;
-            *resp.headers_mut() = origin::preflight_headers(o, req.headers(), methods);
+            *resp.headers_mut() = origin::preflight_headers(o, &req.headers, methods);
             return Ok(Relayed::Local(resp));
         }
 
@@ -309,7 +327,7 @@ impl Proxy {
         }
 
         // 2. Method.
-        let method = req.method().clone();
+        let method = req.method.clone();
         let allowed = match route.config.transport {
             Transport::StreamableHttp => {
                 matches!(method, Method::POST | Method::GET | Method::DELETE)
@@ -322,7 +340,7 @@ impl Proxy {
 
         // 3. Body limit, up front when the length is declared; streamed bodies are cut by `Limited`.
         let limit = cfg.http.max_request_body_bytes;
-        if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        if let Some(len) = &req.headers.get(header::CONTENT_LENGTH) {
             let len: u64 = len
                 .to_str()
                 .ok()
@@ -335,7 +353,10 @@ impl Proxy {
 
         // 4. Endpoint: session affinity first, then round-robin. An unknown session is
         // refused here, before its body is read.
-        let (mut parts, body) = req.into_parts();
+        let mut parts = req;
+        let body = req_body
+            .take()
+            .ok_or(ProxyError::BadRequest("request body already used"))?;
         let bound = session_principal(claims.as_ref(), conn.client_cert.as_deref());
         let target = choose_target(gw, route, &method, &mut parts, &bound)?;
         let endpoint = &route.upstreams.endpoints()[target.endpoint];
@@ -432,7 +453,7 @@ impl Proxy {
             claims.as_ref(),
             conn.client_cert.as_deref(),
         );
-        h.insert(X_REQUEST_ID, request_id.clone());
+        h.insert(X_REQUEST_ID, log.request_id_header().clone());
         if let (Some(aud), Some(signer)) = (&route.config.upstream_token_audience, &gw.signer) {
             let rid = log.request_id().to_owned();
             let identity = UpstreamIdentity::new(
@@ -640,7 +661,7 @@ impl Proxy {
         &self,
         gw: &Gateway,
         route: &RouteState,
-        req: &Request<Incoming>,
+        req: &http::request::Parts,
         conn: &ConnInfo,
     ) -> Result<Option<Claims>, ProxyError> {
         let has_cert = conn.client_cert.is_some();
@@ -664,7 +685,7 @@ impl Proxy {
                 message,
             }
         };
-        let token = match bearer::extract(req.headers(), req.uri().query()) {
+        let token = match bearer::extract(&req.headers, req.uri.query()) {
             Ok(t) => t,
             Err(BearerError::InQuery) => {
                 return Err(refuse(
@@ -967,6 +988,24 @@ fn audit_entry(
         duration_ms: 0,
         args_sha256: digest,
     }
+}
+
+/// Most of a refused request's body read (and discarded) before answering.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Longest wait for that body.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Reads a little of the body of a request refused before its body was read. Answering an
+/// HTTP/2 request while its body is still arriving makes hyper reset the stream, and some
+/// clients (curl) then report a framing error instead of the answer; a small body read to the
+/// end avoids that. Anything larger or slower is abandoned: a refusal must stay cheap.
+async fn drain_refused_body(body: Incoming) {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_TIME, Limited::new(body, DRAIN_LIMIT).collect()).await;
 }
 
 /// JSON-RPC error code of a call the route policy refuses (server-defined range).

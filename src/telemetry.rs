@@ -122,6 +122,11 @@ impl AccessLog {
         self.request_id.to_str().unwrap_or("-")
     }
 
+    /// The request id as the header value sent upstream and back.
+    pub fn request_id_header(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
     /// Records the matched route.
     pub fn set_route(&mut self, route: std::sync::Arc<str>) {
         self.route = Some(route);

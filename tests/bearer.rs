@@ -494,3 +494,48 @@ async fn backend_gets_a_token_signed_by_the_proxy_not_the_clients() {
     let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
     assert_eq!(lifetime, 30);
 }
+
+#[tokio::test]
+async fn refusals_before_the_body_is_read_reach_http2_clients_intact() {
+    // curl (7.88) reports a framing error instead of the answer when the server resets an h2
+    // stream whose body it never read; the proxy drains small refused bodies first.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("curl not installed; skipping");
+        return;
+    }
+    let s = setup().await;
+    let ca = s.proxy.pki.dir.path().join("ca.pem");
+    std::fs::write(&ca, &s.proxy.pki.ca.cert_pem).unwrap();
+    let port = s.proxy.addr.port();
+    for i in 0..20 {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--http2",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .args([
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                &format!("https://localhost:{port}/mcp"),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                support::PING,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "attempt {i}: curl failed: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "attempt {i}");
+    }
+}

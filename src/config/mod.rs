@@ -60,6 +60,8 @@ impl ConfigError {
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file this config was loaded from (SIGHUP re-reads it); `None` when parsed from text.
+    pub source: Option<PathBuf>,
     /// Public listener.
     pub listener: Listener,
     /// HTTP server limits.
@@ -348,7 +350,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         error,
     })?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
-    parse(&text, path, base)
+    let mut cfg = parse(&text, path, base)?;
+    // Absolute, so a reload finds the file whatever the working directory is by then.
+    cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    Ok(cfg)
 }
 
 /// Parses and validates configuration text; relative file paths resolve against `base_dir`.
@@ -554,6 +559,13 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     )?;
     nonzero("upstream.body_idle_timeout", u.body_idle_timeout)?;
 
+    if file.sessions.key_file.is_none() && !file.sessions.previous_key_files.is_empty() {
+        return Err(ConfigError::invalid(
+            "sessions.previous_key_files",
+            "is set without sessions.key_file",
+            "set `key_file` to the current key; previous keys only open ids sealed before a rotation",
+        ));
+    }
     let auth = validate_auth(file.auth, &listener.public_url, &resolve)?;
 
     if file.routes.is_empty() {
@@ -643,6 +655,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     }
 
     Ok(Config {
+        source: None,
         listener,
         http,
         sse,
@@ -1094,6 +1107,17 @@ fn validate_auth(
                 key("issuer"),
                 format!("`{}` is configured twice", f.issuer),
                 "configure each issuer once",
+            ));
+        }
+        let key_sources = usize::from(f.jwks_url.is_some())
+            + usize::from(f.jwks_file.is_some())
+            + usize::from(!f.pem_keys.is_empty())
+            + usize::from(f.hmac_secret_file.is_some());
+        if key_sources == 0 && f.introspection.is_none() {
+            return Err(ConfigError::invalid(
+                key("jwks_url"),
+                "no key source is set",
+                "set one of jwks_url, jwks_file, pem_keys, hmac_secret_file, or [auth.issuers.introspection] for opaque tokens",
             ));
         }
         if f.algorithms.is_empty() && f.introspection.is_none() {

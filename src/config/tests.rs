@@ -1346,7 +1346,16 @@ fn binding_introspection_and_upstream_tokens_are_checked() {
         "auth.issuers[0].introspection.endpoint",
         &["https://"],
     );
-    invalid(&introspected(""), "auth.issuers[0].algorithms", &["empty"]);
+    invalid(
+        &introspected(""),
+        "auth.issuers[0].jwks_url",
+        &["no key source"],
+    );
+    invalid(
+        &with_tables("[sessions]\nprevious_key_files = [\"old.key\"]\n"),
+        "sessions.previous_key_files",
+        &["without sessions.key_file"],
+    );
 }
 
 #[test]

@@ -53,6 +53,27 @@ impl DevCa {
 
     /// Issues a server certificate for `names` (DNS names or IP addresses).
     pub fn issue_server(&self, names: &[&str]) -> Result<IssuedCert, rcgen::Error> {
+        self.issue_server_with(names, |_| {})
+    }
+
+    /// Like [`issue_server`](Self::issue_server), valid only until `year`-`month`-`day`
+    /// (tests use past dates for expired certificates).
+    pub fn issue_server_until(
+        &self,
+        names: &[&str],
+        (year, month, day): (i32, u8, u8),
+    ) -> Result<IssuedCert, rcgen::Error> {
+        self.issue_server_with(names, |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(year, month, day);
+        })
+    }
+
+    fn issue_server_with(
+        &self,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Result<IssuedCert, rcgen::Error> {
         let key = KeyPair::generate()?;
         let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone())?;
@@ -65,6 +86,7 @@ impl DevCa {
         params.serial_number = Some(serial.into());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        adjust(&mut params);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),

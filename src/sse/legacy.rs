@@ -1,8 +1,10 @@
 //! Legacy HTTP+SSE transport (2024-11-05): the backend's first event, `endpoint`, tells the
 //! client where to POST its messages. That URI names the backend, so the proxy replaces it
-//! with `<public route path>?sessionId=<proxy token>` and remembers, for as long as the stream
-//! lives, which backend URI the token stands for. POSTs carrying the token are relayed there;
-//! when the stream ends the token dies with it, exactly like the backend's own session.
+//! with `<public route path>?sessionId=<proxy token>`. The token is sealed by the proxy (see
+//! [`crate::session`]): it carries the backend URI and the principal, encrypted, so any
+//! instance sharing the session key relays POSTs carrying it, and only for that principal.
+//! Whether the session is still alive is the backend's business: it answers 404 for a
+//! closed one. [`LegacySessions`] only counts the streams open on this instance.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
