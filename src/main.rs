@@ -1,4 +1,4 @@
-//! The `mcp-edge` command: `run`, `check` and `demo`.
+//! The `mcp-edge` command: `run`, `check`, `certs`, `audit` and `demo`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +31,11 @@ enum Command {
         #[arg(long, short, env = "MCP_EDGE_CONFIG")]
         config: PathBuf,
     },
+    /// Certificate tools.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -44,6 +49,28 @@ enum Command {
         /// Directory for the generated certificates and config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// List every certificate and CRL the config uses, with expiry and alert level.
+    ///
+    /// Covers server chains (default and SNI), the client CA bundle and CRLs, issuer and
+    /// upstream CAs, upstream client certificates and the webhook CA. Levels use
+    /// `[certs] warn_before` and `critical_before`; a file that cannot be read is critical.
+    #[command(after_help = "Exit status:\n  \
+        0   every entry is ok\n  \
+        1   the worst entry is a warning (within certs.warn_before)\n  \
+        2   an entry is critical (within certs.critical_before), expired, or unreadable\n  \
+        64  the config file cannot be loaded")]
+    Status {
+        /// Path to the TOML config file.
+        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
+        config: PathBuf,
+        /// Print JSON (`{"certificates": [...], "worst": "ok|warning|critical|expired"}`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -100,6 +127,9 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Certs {
+            command: CertsCommand::Status { config, json },
+        } => certs_status(&config, json),
         Command::Audit {
             command: AuditCommand::Verify { file, hmac_key },
         } => audit_verify(&file, hmac_key.as_deref()),
@@ -113,6 +143,39 @@ fn main() -> ExitCode {
             }
         }),
     }
+}
+
+fn certs_status(config: &std::path::Path, json: bool) -> ExitCode {
+    use mcp_edge::certs::inventory::{self, Level, Report};
+    let cfg = match mcp_edge::config::load(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("mcp-edge certs status: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let statuses = inventory::inventory(&cfg, std::time::SystemTime::now());
+    let report = Report::new(&statuses);
+    let text = if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => text + "\n",
+            Err(e) => {
+                eprintln!("mcp-edge certs status: cannot encode JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        inventory::table(&statuses)
+    };
+    // `write_all` rather than `print!`: a reader that stops early (`| head`) must not turn
+    // into a panic, and the exit status below still reports the certificates.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    // Cron and monitoring read the status: 1 asks for attention, 2 for action now.
+    ExitCode::from(match report.worst {
+        Level::Ok => 0,
+        Level::Warning => 1,
+        Level::Critical | Level::Expired => 2,
+    })
 }
 
 fn audit_verify(file: &std::path::Path, hmac_key: Option<&std::path::Path>) -> ExitCode {

@@ -2,6 +2,9 @@
 //! and describing certificates (names, expiry) for operators. Everything that turns files into
 //! rustls types goes through here so that `check`, start-up and reloads agree on what is valid.
 
+pub mod alerts;
+pub mod inventory;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
