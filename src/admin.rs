@@ -1,5 +1,7 @@
-//! Loopback admin endpoint: liveness and readiness for orchestrators. Plain HTTP, because it is
-//! bound to loopback by default and carries no secrets.
+//! Loopback admin endpoint: `/healthz`, `/readyz` (not ready while draining or when a serving
+//! certificate has expired), `/metrics` (Prometheus), `/certs` (the `certs status` document),
+//! `POST /reload` (same as SIGHUP) and `/upstream-jwks.json`. Plain HTTP, because it is bound
+//! to loopback by default and carries no secrets.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{Body, full};
+use crate::monitor::Monitor;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
@@ -24,6 +27,7 @@ pub async fn run(
     stop: CancellationToken,
     tasks: TaskTracker,
     reloader: Option<Arc<Reloader>>,
+    monitor: Option<Arc<Monitor>>,
 ) {
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
@@ -39,17 +43,19 @@ pub async fn run(
         let proxy = proxy.clone();
         let shutdown_c = shutdown.clone();
         let reloader = reloader.clone();
+        let monitor = monitor.clone();
         let builder = builder.clone();
         tasks.spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
                 let shutdown = shutdown_c.clone();
                 let reloader = reloader.clone();
+                let monitor = monitor.clone();
                 async move {
                     let resp = if req.method() == Method::POST && req.uri().path() == "/reload" {
                         reload(reloader.as_deref()).await
                     } else {
-                        answer(&req, &proxy, &shutdown)
+                        answer(&req, &proxy, &shutdown, monitor.as_deref())
                     };
                     Ok::<_, std::convert::Infallible>(resp)
                 }
@@ -76,7 +82,30 @@ async fn reload(reloader: Option<&Reloader>) -> Response<Body> {
     resp
 }
 
-fn answer(req: &Request<Incoming>, proxy: &Proxy, shutdown: &Shutdown) -> Response<Body> {
+fn answer(
+    req: &Request<Incoming>,
+    proxy: &Proxy,
+    shutdown: &Shutdown,
+    monitor: Option<&Monitor>,
+) -> Response<Body> {
+    let typed = |ct: &'static str, body: String| {
+        let mut resp = Response::new(full(body));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ct),
+        );
+        resp
+    };
+    match (req.method(), req.uri().path(), monitor) {
+        (&Method::GET, "/metrics", Some(m)) => {
+            return typed(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                m.metrics(),
+            );
+        }
+        (&Method::GET, "/certs", Some(m)) => return typed("application/json", m.certs_json()),
+        _ => {}
+    }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
         (&Method::GET, "/upstream-jwks.json") => match proxy.gateway().upstream_jwks() {
@@ -96,6 +125,10 @@ fn answer(req: &Request<Incoming>, proxy: &Proxy, shutdown: &Shutdown) -> Respon
         (&Method::GET, "/readyz") if shutdown.drain().is_cancelled() => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
         }
+        (&Method::GET, "/readyz") if monitor.is_some_and(Monitor::serving_expired) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a serving certificate has expired; see /certs\n".to_owned(),
+        ),
         (&Method::GET, "/readyz") => (
             StatusCode::OK,
             format!("ready; routes={}\n", proxy.gateway().config().routes.len()),

@@ -44,6 +44,12 @@ pub enum StartError {
     /// A token issuer's keys could not be set up.
     #[error(transparent)]
     Issuers(#[from] crate::auth::bearer::IssuerSetupError),
+    /// The certificate alert hooks cannot be set up.
+    #[error("certs: {0}")]
+    Alerts(Box<crate::certs::alerts::AlertSetupError>),
+    /// Socket activation unusable.
+    #[error(transparent)]
+    Activation(#[from] crate::systemd::ActivationError),
     /// A socket could not be bound.
     #[error("cannot bind {what} on {addr}: {error}; is another process using the port?")]
     Bind {
@@ -71,6 +77,8 @@ pub struct Running {
     admin_stop: CancellationToken,
     admin_tasks: TaskTracker,
     audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Certificate inventory, expiry alerts and metrics.
+    pub monitor: Arc<crate::monitor::Monitor>,
     /// Applies certificate and config reloads.
     pub reloader: Arc<crate::reload::Reloader>,
     watcher_stop: CancellationToken,
@@ -123,7 +131,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .await
             .map_err(|error| StartError::Bind { what, addr, error })
     };
-    let public = bind("listener.bind", config.listener.bind).await?;
+    let mut activated = crate::systemd::activated_listeners()?;
+    let passed = activated
+        .iter()
+        .position(|(n, _)| n.as_deref() == Some("https") || n.is_none())
+        .map(|i| activated.remove(i).1);
+    let public = match passed {
+        Some(l) => TcpListener::from_std(l).map_err(|error| StartError::Bind {
+            what: "listener.bind",
+            addr: config.listener.bind,
+            error,
+        })?,
+        None => bind("listener.bind", config.listener.bind).await?,
+    };
     let admin = match &config.admin {
         Some(a) => Some(bind("admin.bind", a.bind).await?),
         None => None,
@@ -173,6 +193,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.certs.watch,
         watcher_stop.clone(),
     );
+    let alerter = crate::certs::alerts::Alerter::new(&config.certs)
+        .map_err(|e| StartError::Alerts(Box::new(e)))?;
+    let monitor = Arc::new(crate::monitor::Monitor::new(
+        proxy.clone(),
+        reloader.clone(),
+        alerter,
+    ));
+    monitor.clone().spawn(watcher_stop.clone());
     let listener = PublicListener {
         listener: public,
         tls: tls.clone(),
@@ -192,6 +220,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             admin_stop.clone(),
             admin_tasks.clone(),
             Some(reloader.clone()),
+            Some(monitor.clone()),
         ));
     }
     tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "mcp-edge listening");
@@ -206,6 +235,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_tasks,
         audit,
         reloader,
+        monitor,
         watcher_stop,
     })
 }
@@ -228,6 +258,16 @@ pub async fn run_until_signal(running: Running) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let notifier = crate::systemd::Notifier::from_env();
+    let watchdog_stop = CancellationToken::new();
+    if let Some(every) = notifier.watchdog_interval() {
+        crate::systemd::spawn_watchdog(notifier.clone(), every, watchdog_stop.clone());
+    }
+    notifier.ready(&format!(
+        "serving on {}; {}",
+        running.addr,
+        running.monitor.status_line()
+    ));
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -241,10 +281,15 @@ pub async fn run_until_signal(running: Running) -> std::io::Result<()> {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received; reloading configuration and certificates");
                 // The outcome (or why nothing changed) is logged by the reloader.
-                let _ = running.reloader.reload_config().await;
+                notifier.reloading();
+                match running.reloader.reload_config().await {
+                    Ok(o) => notifier.reloaded(&format!("serving on {}; config reloaded: {o}", running.addr)),
+                    Err(e) => notifier.reloaded(&format!("serving on {}; reload refused: {e}", running.addr)),
+                }
             }
         }
     }
+    notifier.stopping("draining connections");
     running.begin_shutdown();
     let shutdown = running.shutdown.clone();
     let forced = async {
@@ -259,6 +304,7 @@ pub async fn run_until_signal(running: Running) -> std::io::Result<()> {
         () = running.wait() => {},
         () = async { forced.await; std::future::pending::<()>().await } => {},
     }
+    watchdog_stop.cancel();
     tracing::info!("mcp-edge stopped");
     Ok(())
 }

@@ -38,12 +38,15 @@ pub mod demo;
 pub mod http;
 pub mod listener;
 pub mod mcp;
+pub mod monitor;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod session;
 pub mod shutdown;
 pub mod sse;
+/// systemd: readiness/reload/stop notifications, watchdog pings, socket activation.
+pub mod systemd;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

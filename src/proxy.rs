@@ -216,6 +216,11 @@ impl Proxy {
         self.gateway.load_full()
     }
 
+    /// Counters of the audit log, when one is configured.
+    pub fn audit_stats(&self) -> Option<crate::audit::AuditStats> {
+        self.audit.as_ref().map(|a| a.stats())
+    }
+
     /// Number of open legacy HTTP+SSE sessions.
     pub fn legacy_sessions(&self) -> usize {
         self.legacy.len()

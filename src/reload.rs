@@ -247,6 +247,9 @@ pub struct Reloader {
     one_at_a_time: tokio::sync::Mutex<()>,
     /// Counters.
     pub stats: ReloadStats,
+    /// Woken whenever new material or config went into service (the expiry monitor
+    /// re-reads the inventory then).
+    pub applied_signal: tokio::sync::Notify,
 }
 
 impl Reloader {
@@ -266,6 +269,7 @@ impl Reloader {
             serving: Mutex::new(material.certs.clone()),
             one_at_a_time: tokio::sync::Mutex::new(()),
             stats: ReloadStats::default(),
+            applied_signal: tokio::sync::Notify::new(),
         }
     }
 
@@ -282,6 +286,7 @@ impl Reloader {
         match &result {
             Ok(o) if o.tls_changed || o.upstreams_rebuilt => {
                 tracing::info!(outcome = %o, "certificates reloaded");
+                self.applied_signal.notify_waiters();
             }
             Ok(_) => {}
             Err(e) => {
@@ -302,6 +307,7 @@ impl Reloader {
         match &result {
             Ok(o) => {
                 self.stats.config_applied.fetch_add(1, Ordering::Relaxed);
+                self.applied_signal.notify_waiters();
                 tracing::info!(outcome = %o, path = %path.display(), "configuration reloaded");
                 for what in &o.needs_restart {
                     tracing::warn!(

@@ -45,6 +45,8 @@ public_url = "https://localhost:8443"
 [listener.tls]
 cert = "{dir}/server.pem"
 key = "{dir}/server.key"
+[admin]
+bind = "127.0.0.1:0"
 [certs]
 rescan_interval = "1h"
 [[routes]]
@@ -418,7 +420,7 @@ async fn config_reload_changes_routing_or_nothing() {
     // A bind change is reported as needing a restart, the rest applies.
     write(
         &live.config,
-        &good.replace("bind = \"127.0.0.1:0\"", "bind = \"127.0.0.1:1\""),
+        &good.replacen("bind = \"127.0.0.1:0\"", "bind = \"127.0.0.1:1\"", 1),
     );
     let outcome = live.running.reloader.reload_config().await.unwrap();
     assert_eq!(outcome.needs_restart, ["listener.bind"]);
@@ -437,9 +439,9 @@ async fn crl_update_revokes_a_client_for_new_connections() {
     write(&dir.join("clients-ca.pem"), live.ca_pem());
     write(&dir.join("clients.crl"), &live.ca.crl(&[], 2099).unwrap());
     let text = std::fs::read_to_string(&live.config).unwrap().replace(
-        "[certs]",
+        "[admin]",
         &format!(
-            "client_auth = \"required\"\nclient_ca = \"{}\"\nclient_crls = [\"{}\"]\n[certs]",
+            "client_auth = \"required\"\nclient_ca = \"{}\"\nclient_crls = [\"{}\"]\n[admin]",
             dir.join("clients-ca.pem").display(),
             dir.join("clients.crl").display()
         ),
@@ -496,4 +498,70 @@ async fn request_with_cert(live: &Live, cert: &IssuedCert) -> Result<String, Str
     text.get(9..12)
         .map(str::to_owned)
         .ok_or_else(|| format!("no status: {text}"))
+}
+
+#[tokio::test]
+async fn admin_reload_metrics_certs_and_readiness() {
+    let live = start("tls").await;
+    let admin = format!("http://{}", live.running.admin_addr.unwrap());
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &str| {
+        let c = c.clone();
+        let url = format!("{admin}{path}");
+        async move { c.get(url).send().await.unwrap() }
+    };
+
+    let metrics = get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("mcp_edge_cert_expiry_seconds{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("source=\"listener.tls.cert\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mcp_edge_reloads_total{"), "{metrics}");
+    let certs: serde_json::Value = get("/certs").await.json().await.unwrap();
+    assert_eq!(certs["worst"], "ok", "{certs}");
+    assert_eq!(certs["certificates"][0]["source"], "listener.tls.cert");
+    assert_eq!(get("/readyz").await.status(), 200);
+
+    // POST /reload: the SIGHUP path. A broken file is refused with the reason.
+    let ok = c.post(format!("{admin}/reload")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let good = std::fs::read_to_string(&live.config).unwrap();
+    write(
+        &live.config,
+        &format!("{good}\n[[routes]]\npath = \"nope\"\nupstream = \"x\"\n"),
+    );
+    let refused = c.post(format!("{admin}/reload")).send().await.unwrap();
+    assert_eq!(refused.status(), 500);
+    assert!(refused.text().await.unwrap().contains("routes[1].path"));
+    let metrics = get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("mcp_edge_reloads_total{what=\"config\",result=\"refused\"} 1"),
+        "{metrics}"
+    );
+
+    // An expired serving certificate (installed by hand, as a reload would refuse it) makes
+    // the proxy not ready.
+    write(&live.config, &good);
+    let expired = live
+        .ca
+        .issue_server_until(&["localhost"], (2001, 1, 1))
+        .unwrap();
+    let tls = live.dir.path().join("tls");
+    write(&tls.join("server.pem"), &expired.cert_pem);
+    write(&tls.join("server.key"), &expired.key_pem);
+    let _ = live.running.reloader.reload_tls().await;
+    live.running.monitor.refresh();
+    for _ in 0..50 {
+        if get("/readyz").await.status() == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = get("/readyz").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("expired"));
 }
