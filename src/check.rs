@@ -47,6 +47,18 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
     let cfg = config::load(path)?;
     let (_, certs) = tls::load_resolver(&cfg.listener.tls)
         .map_err(|e| StartError::Tls(TlsSetupError::Cert(e)))?;
+    // The whole listener TLS setup as start-up builds it: client CA bundle and CRLs too.
+    crate::reload::build_tls(&cfg, SystemTime::now(), false).map_err(|e| match e {
+        crate::reload::ReloadError::Cert(c) => StartError::Tls(TlsSetupError::Cert(c)),
+        crate::reload::ReloadError::Tls(t) => StartError::Tls(t),
+        other => StartError::Reload(Box::new(other)),
+    })?;
+    crate::certs::alerts::Alerter::new(&cfg.certs).map_err(|e| StartError::Alerts(Box::new(e)))?;
+    if let Some(a) = &cfg.audit
+        && let Some(k) = &a.hmac_key_file
+    {
+        crate::session::load_key_file(k).map_err(StartError::AuditKey)?;
+    }
     let cfg = Arc::new(cfg);
     // Issuer key sources are not contacted: `check` makes no network calls.
     let sealer = crate::session::SessionSealer::from_settings(&cfg.sessions)

@@ -33,14 +33,6 @@ use crate::proxy::{Gateway, Proxy};
 /// Why a reload was refused (the previous state stays in service).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {error}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        error: std::io::Error,
-    },
     /// A certificate, key, CA bundle or CRL is unusable.
     #[error(transparent)]
     Cert(#[from] CertError),
@@ -133,21 +125,24 @@ pub fn upstream_files(cfg: &Config) -> Vec<PathBuf> {
     files
 }
 
-/// SHA-256 over the names and contents of `files`.
-fn digest_files(files: &[PathBuf]) -> Result<[u8; 32], ReloadError> {
+/// SHA-256 over the names and contents of `files`. An unreadable file counts as a change
+/// (marked, not an error here): the loaders that run next report it with its config key.
+fn digest_files(files: &[PathBuf]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for path in files {
-        let bytes = std::fs::read(path).map_err(|error| ReloadError::Read {
-            path: path.clone(),
-            error,
-        })?;
         ctx.update(path.as_os_str().as_encoded_bytes());
-        ctx.update(&(bytes.len() as u64).to_be_bytes());
-        ctx.update(&bytes);
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                ctx.update(&[1]);
+                ctx.update(&(bytes.len() as u64).to_be_bytes());
+                ctx.update(&bytes);
+            }
+            Err(_) => ctx.update(&[0]),
+        }
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
-    Ok(out)
+    out
 }
 
 /// Loads and checks the listener TLS material of `cfg`. `strict` (reloads) also refuses
@@ -156,8 +151,8 @@ fn digest_files(files: &[PathBuf]) -> Result<[u8; 32], ReloadError> {
 pub fn build_tls(cfg: &Config, now: SystemTime, strict: bool) -> Result<TlsMaterial, ReloadError> {
     // Digest first: if a file is being rewritten while we read it, the next event or rescan
     // sees a different digest and loads again.
-    let listener_digest = digest_files(&listener_files(cfg))?;
-    let upstream_digest = digest_files(&upstream_files(cfg))?;
+    let listener_digest = digest_files(&listener_files(cfg));
+    let upstream_digest = digest_files(&upstream_files(cfg));
     let (resolver, certs) = crate::tls::load_resolver(&cfg.listener.tls)?;
     if strict {
         if let Some(c) = certs.iter().find(|c| c.info.time_left(now).is_none()) {
@@ -363,8 +358,8 @@ impl Reloader {
         gateway: Option<&Gateway>,
     ) -> Result<ReloadOutcome, ReloadError> {
         let (listener_now, upstream_now) = (
-            digest_files(&listener_files(cfg))?,
-            digest_files(&upstream_files(cfg))?,
+            digest_files(&listener_files(cfg)),
+            digest_files(&upstream_files(cfg)),
         );
         let (listener_was, upstream_was) = self
             .applied

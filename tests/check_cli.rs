@@ -704,3 +704,33 @@ fn missing_upstream_client_certificate_is_named() {
         ],
     );
 }
+
+#[test]
+fn client_ca_crl_and_alert_ca_files_are_checked_too() {
+    let fx = Fixture::new();
+    fx.write_ca();
+    check_fails(
+        &fx.config_with(
+            "server.pem",
+            "server.key",
+            "client_auth = \"optional\"\nclient_ca = \"missing-ca.pem\"\n",
+        ),
+        &["missing-ca.pem"],
+    );
+    check_fails(
+        &fx.config_with(
+            "server.pem",
+            "server.key",
+            "client_auth = \"optional\"\nclient_ca = \"ca.pem\"\nclient_crls = [\"missing.crl\"]\n",
+        ),
+        &["missing.crl"],
+    );
+    check_fails(
+        &fx.config_with(
+            "server.pem",
+            "server.key",
+            "[certs.webhook]\nurl = \"https://alerts.example.com/hook\"\nca = \"missing-alerts-ca.pem\"\n",
+        ),
+        &["missing-alerts-ca.pem"],
+    );
+}
