@@ -168,3 +168,89 @@ upstream = "http://{}/mcp"
         "no listener after exit"
     );
 }
+
+#[tokio::test]
+async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
+    let backend = raw::serve(|req: http::Request<hyper::body::Incoming>| async move {
+        http::Response::new(raw::full(req.uri().path().to_owned()))
+    })
+    .await;
+    let pki = Pki::new();
+    let port = free_port();
+    let config = pki.dir.path().join("mcp-edge.toml");
+    let base = format!(
+        "[listener]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"https://localhost:{port}\"\n\
+         [listener.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n[log]\nformat = \"text\"\n\
+         [[routes]]\npath = \"/mcp\"\nupstream = \"http://{}/mcp\"\n",
+        backend.addr
+    );
+    std::fs::write(&config, &base).unwrap();
+    let log = pki.dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("binary starts");
+    let proxy = Proxy { child };
+    wait_listening(port).await;
+    let ca = reqwest::Certificate::from_pem(pki.ca.cert_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let status = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("https://localhost:{port}{path}"))
+                .body(support::PING)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &proxy.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(ok.success());
+    };
+    assert_eq!(status("/v2").await, 404);
+
+    let with_v2 = format!(
+        "{base}[[routes]]\npath = \"/v2\"\nupstream = \"http://{}/v2\"\n",
+        backend.addr
+    );
+    std::fs::write(&config, &with_v2).unwrap();
+    hup();
+    let mut applied = false;
+    for _ in 0..100 {
+        if status("/v2").await == 200 {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(applied, "SIGHUP did not apply the new route");
+
+    std::fs::write(&config, format!("{with_v2}[[routes]]\npath = \"v3\"\n")).unwrap();
+    hup();
+    let mut said = String::new();
+    for _ in 0..100 {
+        said = std::fs::read_to_string(&log).unwrap();
+        if said.contains("configuration reload refused") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said.contains("configuration reload refused"), "{said}");
+    assert!(said.contains("routes[2]"), "the refusal says why: {said}");
+    assert_eq!(status("/v2").await, 200, "the previous config still serves");
+    assert_eq!(status("/mcp").await, 200);
+}
