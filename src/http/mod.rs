@@ -1,6 +1,7 @@
 //! The HTTP layer: per-connection server settings, the errors the proxy answers itself, and
 //! header handling shared by the request pipeline.
 
+pub mod client;
 pub mod error;
 pub mod headers;
 pub mod server;
