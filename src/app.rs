@@ -110,7 +110,7 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let now = std::time::SystemTime::now();
-    let material = crate::reload::build_tls(&config, now, false).map_err(|e| match e {
+    let material = crate::reload::build_tls(&config, now, false, &[]).map_err(|e| match e {
         crate::reload::ReloadError::Cert(c) => StartError::Tls(TlsSetupError::Cert(c)),
         crate::reload::ReloadError::Tls(t) => StartError::Tls(t),
         other => StartError::Reload(Box::new(other)),
@@ -123,6 +123,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // Starting anyway keeps routes that use other certificates up; clients of this one
         // will fail their handshakes until it is renewed.
         tracing::error!(path = %c.path.display(), subject = %c.info.subject, "serving certificate has expired");
+    }
+    if let (Some(default), Some(host)) = (material.certs.first(), config.listener.public_url.host())
+        && host.parse::<std::net::IpAddr>().is_err()
+        && !default.info.covers(host)
+    {
+        // Reloads refuse such a certificate; say so now rather than at the first rotation.
+        tracing::warn!(path = %default.path.display(), host, "the default certificate does not cover listener.public_url's host; certificate reloads will be refused until it does");
     }
     let gateway = build_gateway(config.clone()).await?;
 
@@ -258,6 +265,9 @@ pub async fn run_until_signal(running: Running) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // The status line follows certificate health, not just the last reload.
+    let mut status_tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    status_tick.tick().await;
     let notifier = crate::systemd::Notifier::from_env();
     let watchdog_stop = CancellationToken::new();
     if let Some(every) = notifier.watchdog_interval() {
@@ -277,6 +287,13 @@ pub async fn run_until_signal(running: Running) -> std::io::Result<()> {
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupt received; draining");
                 break;
+            }
+            _ = status_tick.tick() => {
+                notifier.status(&format!(
+                    "serving on {}; {}",
+                    running.addr,
+                    running.monitor.status_line()
+                ));
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received; reloading configuration and certificates");

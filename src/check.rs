@@ -48,7 +48,7 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
     let (_, certs) = tls::load_resolver(&cfg.listener.tls)
         .map_err(|e| StartError::Tls(TlsSetupError::Cert(e)))?;
     // The whole listener TLS setup as start-up builds it: client CA bundle and CRLs too.
-    crate::reload::build_tls(&cfg, SystemTime::now(), false).map_err(|e| match e {
+    crate::reload::build_tls(&cfg, SystemTime::now(), false, &[]).map_err(|e| match e {
         crate::reload::ReloadError::Cert(c) => StartError::Tls(TlsSetupError::Cert(c)),
         crate::reload::ReloadError::Tls(t) => StartError::Tls(t),
         other => StartError::Reload(Box::new(other)),

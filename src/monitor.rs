@@ -58,11 +58,14 @@ impl Monitor {
     }
 
     /// Whether a certificate the listener serves has expired (the proxy is then not ready).
+    /// Judged on what is in service, not on the files: a refused replacement on disk does
+    /// not make a proxy that still serves a valid certificate unready.
     pub fn serving_expired(&self) -> bool {
-        self.latest
-            .load()
+        let now = SystemTime::now();
+        self.reloader
+            .serving()
             .iter()
-            .any(|s| s.kind == CertKind::ServerLeaf && s.level == Level::Expired)
+            .any(|c| c.info.time_left(now).is_none())
     }
 
     /// The `/certs` document: `{"certificates":[…],"worst":"…"}`.

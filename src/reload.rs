@@ -148,14 +148,30 @@ fn digest_files(files: &[PathBuf]) -> [u8; 32] {
 /// Loads and checks the listener TLS material of `cfg`. `strict` (reloads) also refuses
 /// expired certificates and a default certificate that does not cover `public_url`'s host;
 /// at start-up those are logged instead, so one bad certificate does not stop every route.
-pub fn build_tls(cfg: &Config, now: SystemTime, strict: bool) -> Result<TlsMaterial, ReloadError> {
+///
+/// An expired certificate that is already in service (same bytes) does not block a reload:
+/// otherwise one forgotten SNI certificate would stop every other renewal.
+pub fn build_tls(
+    cfg: &Config,
+    now: SystemTime,
+    strict: bool,
+    serving: &[LoadedCert],
+) -> Result<TlsMaterial, ReloadError> {
     // Digest first: if a file is being rewritten while we read it, the next event or rescan
     // sees a different digest and loads again.
     let listener_digest = digest_files(&listener_files(cfg));
     let upstream_digest = digest_files(&upstream_files(cfg));
     let (resolver, certs) = crate::tls::load_resolver(&cfg.listener.tls)?;
     if strict {
-        if let Some(c) = certs.iter().find(|c| c.info.time_left(now).is_none()) {
+        let served = |c: &LoadedCert| {
+            serving
+                .iter()
+                .any(|s| s.certified.cert.first() == c.certified.cert.first())
+        };
+        if let Some(c) = certs
+            .iter()
+            .find(|c| c.info.time_left(now).is_none() && !served(c))
+        {
             return Err(ReloadError::Expired {
                 path: c.path.clone(),
                 not_after: humantime::format_rfc3339_seconds(c.info.not_after).to_string(),
@@ -240,6 +256,8 @@ pub struct Reloader {
     applied: Mutex<([u8; 32], [u8; 32])>,
     serving: Mutex<Vec<LoadedCert>>,
     one_at_a_time: tokio::sync::Mutex<()>,
+    /// The config the process started with: sockets, limits and files bound then.
+    started: Arc<Config>,
     /// Counters.
     pub stats: ReloadStats,
     /// Woken whenever new material or config went into service (the expiry monitor
@@ -257,6 +275,7 @@ impl Reloader {
         material: &TlsMaterial,
     ) -> Self {
         Reloader {
+            started: proxy.gateway().config().clone(),
             config_path,
             tls,
             proxy,
@@ -321,31 +340,24 @@ impl Reloader {
 
     async fn apply_config(&self, path: &Path) -> Result<ReloadOutcome, ReloadError> {
         let new = Arc::new(crate::config::load(path)?);
-        let old = self.proxy.gateway();
-        let old_cfg = old.config();
-        let mut needs_restart = Vec::new();
-        if new.listener.bind != old_cfg.listener.bind {
-            needs_restart.push("listener.bind");
-        }
-        if new.admin.as_ref().map(|a| a.bind) != old_cfg.admin.as_ref().map(|a| a.bind) {
-            needs_restart.push("admin.bind");
-        }
-        if new.listener.max_connections != old_cfg.listener.max_connections {
-            needs_restart.push("listener.max_connections");
-        }
-        if new.audit.as_ref().map(|a| &a.file) != old_cfg.audit.as_ref().map(|a| &a.file) {
-            needs_restart.push("audit");
-        }
+        let needs_restart = fixed_at_start(&self.started, &new);
         // Build everything before touching anything.
-        let material = build_tls(&new, SystemTime::now(), true)?;
+        let material = build_tls(&new, SystemTime::now(), true, &self.serving())?;
+        crate::certs::alerts::Alerter::new(&new.certs)
+            .map_err(|e| ReloadError::Start(crate::app::StartError::Alerts(Box::new(e))))?;
+        let tls_changed = self
+            .applied
+            .lock()
+            .map(|a| a.0 != material.listener_digest)
+            .unwrap_or(true);
         let gateway = crate::app::build_gateway(new.clone())
             .await
             .map_err(ReloadError::Start)?;
         self.tls.store(material.config.clone());
         self.proxy.swap(gateway);
-        self.remember(&material);
+        self.remember(&material, tls_changed);
         Ok(ReloadOutcome {
-            tls_changed: true,
+            tls_changed,
             upstreams_rebuilt: true,
             config_changed: true,
             needs_restart,
@@ -373,7 +385,7 @@ impl Reloader {
             needs_restart: Vec::new(),
         };
         if listener_now != listener_was {
-            let material = build_tls(cfg, SystemTime::now(), true)?;
+            let material = build_tls(cfg, SystemTime::now(), true, &self.serving())?;
             self.tls.store(material.config.clone());
             if let Ok(mut s) = self.serving.lock() {
                 *s = material.certs.clone();
@@ -397,15 +409,64 @@ impl Reloader {
         Ok(outcome)
     }
 
-    fn remember(&self, material: &TlsMaterial) {
+    fn remember(&self, material: &TlsMaterial, tls_changed: bool) {
         if let Ok(mut a) = self.applied.lock() {
             *a = (material.listener_digest, material.upstream_digest);
         }
         if let Ok(mut s) = self.serving.lock() {
             *s = material.certs.clone();
         }
-        self.stats.tls_applied.fetch_add(1, Ordering::Relaxed);
+        if tls_changed {
+            self.stats.tls_applied.fetch_add(1, Ordering::Relaxed);
+        }
     }
+}
+
+/// Settings that changed since start but only take effect after a restart (they are bound
+/// to sockets, the connection builder, the logger or open files).
+fn fixed_at_start(started: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |name: &'static str, differs: bool| {
+        if differs {
+            out.push(name);
+        }
+    };
+    check("listener.bind", new.listener.bind != started.listener.bind);
+    check(
+        "admin.bind",
+        new.admin.as_ref().map(|a| a.bind) != started.admin.as_ref().map(|a| a.bind),
+    );
+    check(
+        "listener.max_connections",
+        new.listener.max_connections != started.listener.max_connections,
+    );
+    check(
+        "listener.handshake_timeout",
+        new.listener.handshake_timeout != started.listener.handshake_timeout,
+    );
+    // Debug text compares whole tables without asking every settings type for PartialEq.
+    check(
+        "[http]",
+        format!("{:?}", new.http) != format!("{:?}", started.http),
+    );
+    check(
+        "shutdown.drain_timeout",
+        new.shutdown.drain_timeout != started.shutdown.drain_timeout,
+    );
+    check(
+        "[log]",
+        format!("{:?}", new.log) != format!("{:?}", started.log),
+    );
+    check(
+        "[audit]",
+        format!("{:?}", new.audit) != format!("{:?}", started.audit),
+    );
+    check(
+        "certs.watch / certs.rescan_interval",
+        new.certs.watch != started.certs.watch
+            || new.certs.rescan_interval != started.certs.rescan_interval,
+    );
+    out
 }
 
 /// Watches the parent directory of every TLS file (which catches in-place writes, renames,
@@ -424,7 +485,18 @@ pub fn spawn_watcher(
                 Duration::from_millis(500),
                 None,
                 move |res: notify_debouncer_full::DebounceEventResult| {
-                    if res.is_ok_and(|events| !events.is_empty()) {
+                    // inotify reports opens and reads too, including our own reads of these
+                    // files: reacting to them would reload forever. A file closed after
+                    // writing is a change (the debouncer may have folded the write into it).
+                    use notify::event::{AccessKind, AccessMode, EventKind};
+                    let changed = res.is_ok_and(|events| {
+                        events.iter().any(|e| match e.kind {
+                            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                            EventKind::Access(_) => false,
+                            _ => true,
+                        })
+                    });
+                    if changed {
                         let _ = tx.send(());
                     }
                 },
@@ -472,6 +544,8 @@ pub fn spawn_watcher(
                     while rx.try_recv().is_ok() {}
                 }
                 _ = tick.tick() => {}
+                // A config reload may have moved the files: re-evaluate what to watch.
+                () = reloader.applied_signal.notified() => continue,
             }
             let _ = reloader.reload_tls().await;
         }

@@ -275,6 +275,36 @@ async fn rotation_by_write_rename_and_symlink_swap_drops_nothing() {
             .load(Ordering::Relaxed)
             >= 2
     );
+
+    // Quiet files mean no reloads: the proxy's own reads of them must not trigger any.
+    let stats = &live.running.reloader.stats;
+    let attempts =
+        || stats.tls_applied.load(Ordering::Relaxed) + stats.tls_failed.load(Ordering::Relaxed);
+    let before = attempts();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(attempts(), before, "reloads without any change");
+
+    // A bad file on disk is refused once, not again and again.
+    let gen3 = mount.join("..2026_11_23_03");
+    std::fs::create_dir_all(&gen3).unwrap();
+    write(&gen3.join("server.pem"), "garbage\n");
+    write(&gen3.join("server.key"), &fifth.key_pem);
+    std::os::unix::fs::symlink("..2026_11_23_03", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    for _ in 0..50 {
+        if stats.tls_failed.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = stats.tls_failed.load(Ordering::Relaxed);
+    assert!(failed > 0, "the bad file was noticed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stats.tls_failed.load(Ordering::Relaxed),
+        failed,
+        "refused once"
+    );
 }
 
 #[tokio::test]
@@ -543,8 +573,8 @@ async fn admin_reload_metrics_certs_and_readiness() {
         "{metrics}"
     );
 
-    // An expired serving certificate (installed by hand, as a reload would refuse it) makes
-    // the proxy not ready.
+    // A refused expired replacement on disk does not make the proxy unready: it still
+    // serves the valid certificate.
     write(&live.config, &good);
     let expired = live
         .ca
@@ -553,15 +583,19 @@ async fn admin_reload_metrics_certs_and_readiness() {
     let tls = live.dir.path().join("tls");
     write(&tls.join("server.pem"), &expired.cert_pem);
     write(&tls.join("server.key"), &expired.key_pem);
-    let _ = live.running.reloader.reload_tls().await;
+    assert!(live.running.reloader.reload_tls().await.is_err());
+    assert_eq!(get("/readyz").await.status(), 200);
+    let certs: serde_json::Value = get("/certs").await.json().await.unwrap();
     live.running.monitor.refresh();
-    for _ in 0..50 {
-        if get("/readyz").await.status() == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = get("/readyz").await;
+    let _ = certs;
+
+    // A proxy that starts with an expired certificate (start-up serves it, so other SNI
+    // names stay up) is not ready.
+    let cfg = mcp_edge::config::load(&live.config).unwrap();
+    let second = app::start(cfg).await.unwrap();
+    let admin2 = format!("http://{}", second.admin_addr.unwrap());
+    let r = c.get(format!("{admin2}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("expired"));
+    second.shutdown.force();
 }
