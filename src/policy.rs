@@ -29,6 +29,10 @@ const RESOURCE_METHODS: [&str; 3] = [
     "resources/unsubscribe",
 ];
 
+/// The 2026-07-28 long-lived POST whose `params.notifications.resourceSubscriptions` name
+/// resources to follow.
+const LISTEN_METHOD: &str = "subscriptions/listen";
+
 /// A pattern where `*` matches any run of characters (including none); all else is literal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob(String);
@@ -274,6 +278,15 @@ impl Grants {
     }
 }
 
+impl crate::mcp::filter::Visibility for Grants {
+    fn tool(&self, name: &str) -> bool {
+        self.tool_allowed(name)
+    }
+    fn resource(&self, uri: &str) -> bool {
+        self.resource_allowed(uri).is_ok()
+    }
+}
+
 /// The outcome of checking one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -369,6 +382,14 @@ impl RoutePolicy {
                 return Verdict::Deny(format!("tool `{tool}` is not allowed for this principal"));
             }
         }
+        if method == LISTEN_METHOD && grants.is_restricted() {
+            // Following a resource's updates reads it, as `resources/subscribe` does.
+            for uri in &msg.subscriptions {
+                if let Err(why) = grants.resource_allowed(uri) {
+                    return Verdict::Deny(format!("subscription to {uri:?}: {why}"));
+                }
+            }
+        }
         if RESOURCE_METHODS.contains(&method) && grants.is_restricted() {
             let Some(uri) = msg.resource_uri.as_deref() else {
                 return Verdict::Deny(format!("{method} without a resource URI"));
@@ -394,7 +415,9 @@ fn render_prefix(template: &str, p: &Principal<'_>) -> Option<String> {
                 !v.is_empty()
                     && *v != "."
                     && *v != ".."
-                    && !v.contains(['/', '\\', '?', '#', '%', '*'])
+                    // `:` and `@` separate URN parts and user info: `urn:x:{org}:` must not
+                    // give `acme` the namespace of `acme:evil`.
+                    && !v.contains(['/', '\\', '?', '#', '%', '*', ':', '@'])
                     && !v.chars().any(char::is_control)
             })?;
             out = out.replace(name, v);
@@ -412,8 +435,16 @@ fn ambiguous_uri(uri: &str) -> bool {
     if uri.contains('\\') || uri.chars().any(char::is_control) {
         return true;
     }
-    let path = uri.split(['?', '#']).next().unwrap_or(uri);
-    path.split('/').any(|seg| seg == "." || seg == "..")
+    let scheme = uri.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+    if matches!(scheme.as_deref(), Some("http" | "https")) {
+        // Query and fragment are not path: `?a=../b` names no other resource.
+        let path = uri.split(['?', '#']).next().unwrap_or(uri);
+        return path.split('/').any(|seg| seg == "." || seg == "..");
+    }
+    // Other schemes have no agreed grammar: a backend may read `?` or `#` as part of the path
+    // (`memory://a/?/../../b`), so the whole URI is checked, with `?` and `#` as separators too.
+    uri.split(['/', '?', '#'])
+        .any(|seg| seg == "." || seg == "..")
 }
 
 /// Checks a resource prefix template at config load: placeholders known, boundary explicit.
@@ -464,6 +495,7 @@ mod tests {
             method: Some("tools/call".to_owned()),
             tool_name: Some(tool.to_owned()),
             resource_uri: None,
+            subscriptions: Vec::new(),
         }
     }
 
@@ -474,6 +506,7 @@ mod tests {
             method: Some("resources/read".to_owned()),
             tool_name: None,
             resource_uri: Some(uri.to_owned()),
+            subscriptions: Vec::new(),
         }
     }
 

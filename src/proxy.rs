@@ -193,6 +193,10 @@ enum Relayed {
 struct Target {
     endpoint: usize,
     uri: Uri,
+    /// The backend session id inside the sealed id the client sent, and that sealed id:
+    /// answers naming the same backend session hand the client the same id back, so the id
+    /// (and the issue time `sessions.max_lifetime` counts from) is stable for the session.
+    session: Option<(Vec<u8>, HeaderValue)>,
 }
 
 impl Proxy {
@@ -285,11 +289,20 @@ impl Proxy {
         log: &mut AccessLog,
     ) -> Result<Relayed, ProxyError> {
         let cfg = &gw.config;
-        // 0. Host: a name this proxy does not serve means DNS rebinding or a misrouted client.
-        if !origin::host_allowed(&cfg.listener.allowed_hosts, &req.uri, &req.headers) {
+        // 0. Host: one host, named consistently (a `Host` that disagrees with `:authority` or
+        // an absolute-form target would let the backend see another host than the one
+        // checked), and one this proxy serves (anything else is DNS rebinding or a misrouted
+        // client).
+        let host = origin::request_host(&req.uri, &req.headers).map_err(|e| {
+            tracing::info!(request_id = %log.request_id(), reason = %e, "refused: Host");
+            ProxyError::BadRequest(e.describe())
+        })?;
+        if !origin::host_name_allowed(&cfg.listener.allowed_hosts, host) {
             tracing::info!(request_id = %log.request_id(), "refused: Host not in listener.allowed_hosts");
             return Err(ProxyError::Forbidden("host not allowed"));
         }
+        // Only the validated value is forwarded (as `X-Forwarded-Host`).
+        let forwarded_host = HeaderValue::from_str(host).ok();
 
         // 0b. Protected Resource Metadata, which clients fetch before they have a token.
         if let Some(suffix) = req.uri.path().strip_prefix(bearer::PRM_PATH) {
@@ -341,6 +354,22 @@ impl Proxy {
         };
         if !allowed {
             return Err(ProxyError::MethodNotAllowed { allow: methods });
+        }
+        // GET and DELETE carry no JSON-RPC body, so nothing in one is inspected: refuse it
+        // rather than relay bytes the policy never saw.
+        if method != Method::POST
+            && req_body
+                .as_ref()
+                .is_some_and(|b| !http_body::Body::is_end_stream(b))
+        {
+            return Err(ProxyError::BadRequest(
+                "GET and DELETE requests carry no body",
+            ));
+        }
+        // The body is inspected as UTF-8 JSON: a declared charset or encoding would make the
+        // backend decode other bytes than the ones the policy saw.
+        if method == Method::POST {
+            crate::http::media::check_json_body(&req.headers)?;
         }
 
         // 3. Body limit, up front when the length is declared; streamed bodies are cut by `Limited`.
@@ -395,7 +424,6 @@ impl Proxy {
         };
         let policy = &route.config.policy;
         let grants = (!policy.is_empty()).then(|| policy.grants(&principal));
-        let mut tools_list_ids = Vec::new();
         let mut calls = Vec::new();
         for m in envelope.iter().flat_map(|e| e.messages()) {
             let reason = match &grants {
@@ -404,14 +432,7 @@ impl Proxy {
                     if !matches!(verdict, Verdict::Allow(_)) {
                         self.audit_refusal(route, &principal, m, &verdict, body_digest, log);
                     }
-                    let reason = self.enforce(cfg, route, &principal, m, verdict)?;
-                    if grants.is_restricted()
-                        && m.is_request()
-                        && m.method.as_deref() == Some("tools/list")
-                    {
-                        tools_list_ids.extend(m.id.clone());
-                    }
-                    reason
+                    self.enforce(cfg, route, &principal, m, verdict)?
                 }
                 None => "no policy on route".to_owned(),
             };
@@ -430,24 +451,28 @@ impl Proxy {
         if let Some(audit) = &self.audit {
             log.set_audit(audit.clone(), calls);
         }
-        // Answers to `tools/list` shrink to the tools the principal may call. Streams the
-        // proxy cannot pair with requests (legacy streams, GET streams that may replay
-        // answers) are filtered on the shape of every answer.
-        let tools_filter: Option<Arc<Grants>> = grants
-            .filter(|g| g.is_restricted())
-            .filter(|_| !tools_list_ids.is_empty() || method == Method::GET)
-            .map(Arc::new);
+        // Answers shrink to the tools and resources the principal may use, and resource
+        // updates outside its namespaces are dropped. Every answer is filtered on its shape,
+        // never paired by id (see `mcp::filter`): on event streams always, and JSON answers
+        // (buffered to filter) when the POST asks for a list.
+        let answer_filter: Option<Arc<Grants>> = grants.filter(Grants::is_restricted).map(Arc::new);
+        let lists_requested = envelope.iter().flat_map(|e| e.messages()).any(|m| {
+            m.is_request()
+                && m.method
+                    .as_deref()
+                    .is_some_and(|name| mcp::filter::LIST_METHODS.contains(&name))
+        });
 
         // 5. Upstream request.
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
-        headers::set_forwarded(h, conn.peer.ip(), original_host.as_ref());
+        headers::set_forwarded(h, conn.peer.ip(), forwarded_host.as_ref());
+        if !route.config.origins.forward {
+            h.remove(header::ORIGIN);
+        }
+        if method == Method::POST {
+            crate::http::media::normalise_json_body(h);
+        }
         headers::sanitize_traceparent(h);
         h.insert(header::HOST, endpoint.host.clone());
         // The client's credentials stop here: the backend gets the identity the proxy proved.
@@ -499,13 +524,18 @@ impl Proxy {
             && let Some(id) = h.get(MCP_SESSION_ID)
         {
             // The client only ever sees the sealed id, bound to whoever opened the session.
-            let claims = SessionClaims::new(endpoint.tag, id.as_bytes(), bound);
-            match gw
-                .sealer
-                .seal(&claims)
-                .ok()
-                .and_then(|t| HeaderValue::from_str(&t).ok())
-            {
+            let same_session = target
+                .session
+                .as_ref()
+                .filter(|(backend, _)| backend.as_slice() == id.as_bytes())
+                .map(|(_, sealed)| sealed.clone());
+            match same_session.or_else(|| {
+                let claims = SessionClaims::new(endpoint.tag, id.as_bytes(), bound);
+                gw.sealer
+                    .seal(&claims)
+                    .ok()
+                    .and_then(|t| HeaderValue::from_str(&t).ok())
+            }) {
                 Some(sealed) => {
                     h.insert(MCP_SESSION_ID, sealed);
                 }
@@ -534,11 +564,11 @@ impl Proxy {
                 });
             // Legacy POSTs are answered 202 and their answers come on the GET stream, which
             // has its own filter.
-            if let Some(grants) = tools_filter
-                && !tools_list_ids.is_empty()
+            if let Some(grants) = answer_filter
+                && lists_requested
                 && is_json
             {
-                return filter_json_answer(resp, &tools_list_ids, &grants, route, log)
+                return filter_json_answer(resp, &grants, route, log)
                     .await
                     .map(Relayed::Local);
             }
@@ -584,14 +614,9 @@ impl Proxy {
                 heartbeat_interval: cfg.sse.heartbeat_interval,
                 stop,
                 rewriter,
-                tools_filter: tools_filter.map(|g| {
-                    let allow: Box<dyn Fn(&str) -> bool + Send + Sync> =
-                        Box::new(move |tool: &str| g.tool_allowed(tool));
-                    if tools_list_ids.is_empty() {
-                        mcp::SseToolsFilter::any_id(allow)
-                    } else {
-                        mcp::SseToolsFilter::new(tools_list_ids, allow)
-                    }
+                answer_filter: answer_filter.map(|g| {
+                    let vis: Arc<dyn mcp::filter::Visibility + Send + Sync> = g;
+                    mcp::SseAnswerFilter::new(vis)
                 }),
             })),
         ))
@@ -866,6 +891,7 @@ fn choose_target(
                     "more than one Mcp-Session-Id header",
                 ));
             }
+            let mut session = None;
             let endpoint = match first {
                 Some(sealed) => {
                     let claims = sealed
@@ -877,23 +903,36 @@ fn choose_target(
                         tracing::info!(route = %route.path, "session id presented by another principal");
                         return Err(ProxyError::UnknownSession);
                     }
+                    if claims.expired(gw.config.sessions.max_lifetime) {
+                        tracing::info!(route = %route.path, "session id past sessions.max_lifetime");
+                        return Err(ProxyError::UnknownSession);
+                    }
                     let idx = ups
                         .by_tag(&claims.endpoint_tag)
                         .ok_or(ProxyError::UnknownSession)?;
                     let backend_id = HeaderValue::from_bytes(&claims.backend_session_id)
                         .map_err(|_| ProxyError::UnknownSession)?;
-                    parts.headers.insert(MCP_SESSION_ID, backend_id);
+                    let client_id = parts.headers.insert(MCP_SESSION_ID, backend_id);
+                    session = client_id.map(|sealed| (claims.backend_session_id, sealed));
                     idx
                 }
                 None => ups.pick(),
             };
             let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
-            Ok(Target { endpoint, uri })
+            Ok(Target {
+                endpoint,
+                uri,
+                session,
+            })
         }
         Transport::Sse if *method == Method::GET => {
             let endpoint = ups.pick();
             let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
-            Ok(Target { endpoint, uri })
+            Ok(Target {
+                endpoint,
+                uri,
+                session: None,
+            })
         }
         Transport::Sse => {
             let token = parts
@@ -909,6 +948,10 @@ fn choose_target(
                 tracing::info!(route = %route.path, "legacy session id presented by another principal");
                 return Err(ProxyError::UnknownSession);
             }
+            if claims.expired(gw.config.sessions.max_lifetime) {
+                tracing::info!(route = %route.path, "legacy session id past sessions.max_lifetime");
+                return Err(ProxyError::UnknownSession);
+            }
             // The tag must name one of this route's endpoints, so a token from another route
             // (or from before a config change) is unknown here.
             let endpoint = ups
@@ -921,26 +964,24 @@ fn choose_target(
             if uri.authority() != ups.endpoints()[endpoint].uri.authority() {
                 return Err(ProxyError::UnknownSession);
             }
-            Ok(Target { endpoint, uri })
+            Ok(Target {
+                endpoint,
+                uri,
+                session: None,
+            })
         }
     }
 }
 
-/// Replaces every client-sent header with the identity prefix by what the proxy proved.
+/// Replaces every client-sent header with the identity prefix (or one a backend could fold
+/// into it) by what the proxy proved.
 fn set_identity_headers(
     h: &mut http::HeaderMap,
     prefix: &str,
     claims: Option<&Claims>,
     cert: Option<&ClientIdentity>,
 ) {
-    let forged: Vec<http::HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with(prefix))
-        .cloned()
-        .collect();
-    for k in forged {
-        h.remove(k);
-    }
+    headers::strip_lookalikes(h, prefix);
     let mut put = |suffix: &str, value: &str| {
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes()),
@@ -1016,7 +1057,7 @@ async fn drain_refused_body(body: Incoming) {
 /// JSON-RPC error code of a call the route policy refuses (server-defined range).
 pub const POLICY_DENIED: i64 = -32003;
 
-/// Largest JSON `tools/list` answer the proxy buffers to filter.
+/// Largest JSON list answer the proxy buffers to filter.
 const MAX_FILTERED_ANSWER: usize = 16 * 1024 * 1024;
 
 /// The principal's organisation: the configured claim, when it is a string or a number.
@@ -1029,11 +1070,11 @@ fn organisation(cfg: &Config, claims: Option<&Claims>) -> Option<String> {
     }
 }
 
-/// Reads a JSON answer to `tools/list` (capped, within the body idle limit) and removes the
-/// tools `grants` do not allow. Fails closed: an answer that cannot be filtered is a 502.
+/// Reads a JSON answer to a list request (capped, within the body idle limit) and removes the
+/// tools and resources `grants` do not allow. Fails closed: an answer that cannot be filtered
+/// is a 502.
 async fn filter_json_answer(
     resp: Response<Incoming>,
-    ids: &[mcp::Id],
     grants: &Grants,
     route: &RouteState,
     log: &mut AccessLog,
@@ -1047,13 +1088,13 @@ async fn filter_json_answer(
     let bytes = match read {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => {
-            tracing::warn!(request_id = %log.request_id(), error = %e, "tools/list answer unreadable");
+            tracing::warn!(request_id = %log.request_id(), error = %e, "list answer unreadable");
             return Err(ProxyError::UpstreamUnavailable);
         }
         Err(_) => return Err(ProxyError::UpstreamTimeout),
     };
-    let filtered = mcp::filter_json(&bytes, ids, |t| grants.tool_allowed(t)).map_err(|e| {
-        tracing::warn!(request_id = %log.request_id(), error = %e, "tools/list answer cannot be filtered");
+    let filtered = mcp::filter_json(&bytes, grants).map_err(|e| {
+        tracing::warn!(request_id = %log.request_id(), error = %e, "list answer cannot be filtered");
         ProxyError::UpstreamUnavailable
     })?;
     parts.headers.remove(header::CONTENT_LENGTH);

@@ -201,6 +201,19 @@ impl SessionClaims {
     }
 }
 
+impl SessionClaims {
+    /// Whether the session opened longer than `max_lifetime` ago.
+    pub fn expired(&self, max_lifetime: std::time::Duration) -> bool {
+        older_than(self.issued_at, max_lifetime)
+    }
+}
+
+/// Whether `issued_at` (Unix seconds) lies more than `max` in the past. A time in the future
+/// (another instance's clock ahead of ours) counts as new.
+fn older_than(issued_at: u64, max: std::time::Duration) -> bool {
+    unix_now().saturating_sub(issued_at) > max.as_secs()
+}
+
 /// What a sealed legacy HTTP+SSE session token carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyClaims {
@@ -223,6 +236,13 @@ impl LegacyClaims {
             principal,
             issued_at: unix_now(),
         }
+    }
+}
+
+impl LegacyClaims {
+    /// Whether the token was sealed longer than `max_lifetime` ago.
+    pub fn expired(&self, max_lifetime: std::time::Duration) -> bool {
+        older_than(self.issued_at, max_lifetime)
     }
 }
 

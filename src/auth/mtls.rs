@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
 
 use crate::certs::{self, CertError};
 use crate::config::{ClientAuth, ClientAuthMode};
@@ -52,7 +52,8 @@ pub fn verifier(
 /// Who a verified client certificate says the client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
-    /// Subject distinguished name.
+    /// Subject distinguished name: RDNs in certificate order joined by `, ` (multi-valued
+    /// RDNs by ` + `), values escaped as RFC 4514 says (see [`escaped_dn`]).
     pub subject: String,
     /// URI SANs, e.g. SPIFFE ids.
     pub uris: Vec<String>,
@@ -83,7 +84,7 @@ impl ClientIdentity {
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(digest.as_ref());
         Some(ClientIdentity {
-            subject: cert.subject().to_string(),
+            subject: escaped_dn(cert.subject()),
             uris,
             dns,
             sha256_hex: sha256.iter().map(|b| format!("{b:02x}")).collect(),
@@ -98,5 +99,105 @@ impl ClientIdentity {
             .first()
             .or(self.dns.first())
             .map_or(self.subject.as_str(), String::as_str)
+    }
+}
+
+/// The subject DN with every value escaped (RFC 4514 §2.4, plus `=`), so the text of a value
+/// can never look like an RDN boundary: a `CN` of `bot, O=Acme` reads `CN=bot\, O\=Acme`, which
+/// `*, O=Acme` does not match. Values that are not strings are written as `#` and the hex of
+/// their DER, as RFC 4514 does for unknown types.
+pub fn escaped_dn(name: &X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for (i, rdn) in name.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push_str(" + ");
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            match attr.as_str() {
+                Ok(value) => escape_value(value, &mut out),
+                Err(_) => {
+                    out.push('#');
+                    for b in attr.attr_value().as_bytes() {
+                        out.push_str(&format!("{b:02x}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Appends `value` escaped for a DN string.
+fn escape_value(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' | ' ' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dn_of(params: rcgen::CertificateParams) -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let (_, parsed) = X509Certificate::from_der(cert.der()).expect("parse");
+        escaped_dn(parsed.subject())
+    }
+
+    #[test]
+    fn dn_values_cannot_forge_rdn_boundaries() {
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "bot, O=Acme");
+        let dn = dn_of(p);
+        assert_eq!(dn, "CN=bot\\, O\\=Acme");
+        assert!(!crate::policy::Glob::new("*, O=Acme").matches(&dn));
+        assert!(!crate::policy::Glob::new("*O=Acme").matches(&dn));
+
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "bot");
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme");
+        assert_eq!(dn_of(p), "CN=bot, O=Acme");
+    }
+
+    #[test]
+    fn dn_escapes_leading_trailing_and_specials() {
+        let mut out = String::new();
+        escape_value("#a b ", &mut out);
+        assert_eq!(out, "\\#a b\\ ");
+        let mut out = String::new();
+        escape_value(" x\"<>;+\\\u{1}", &mut out);
+        assert_eq!(out, "\\ x\\\"\\<\\>\\;\\+\\\\\\01");
     }
 }

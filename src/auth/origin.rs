@@ -75,6 +75,10 @@ pub struct OriginPolicy {
     pub allow_null: bool,
     /// Whether requests without `Origin` are refused.
     pub require_origin: bool,
+    /// Whether a validated `Origin` is passed to the backend. Off by default: the proxy is the
+    /// Origin check, and SDK backends bound to loopback refuse any foreign `Origin` (403),
+    /// which would lock out every browser client the route allows.
+    pub forward: bool,
 }
 
 /// What the Origin check decided.
@@ -119,28 +123,86 @@ impl OriginPolicy {
     }
 }
 
-/// Whether the request's host (`:authority` on HTTP/2, else `Host`) is one of `allowed`
+/// Why the host a request names cannot be trusted (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Neither `:authority` / an absolute-form target nor a `Host` header.
+    #[error("the request names no host")]
+    Missing,
+    /// More than one `Host` header.
+    #[error("more than one Host header")]
+    Several,
+    /// `Host` names another host than the request target (`:authority` or absolute form).
+    #[error("the Host header disagrees with the request's authority")]
+    Disagrees,
+    /// Not ASCII, or not `host[:port]`.
+    #[error("malformed Host header")]
+    Malformed,
+}
+
+impl HostError {
+    /// The reason, for the client's error body.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HostError::Missing => "the request names no host",
+            HostError::Several => "more than one Host header",
+            HostError::Disagrees => "the Host header disagrees with the request's authority",
+            HostError::Malformed => "malformed Host header",
+        }
+    }
+}
+
+/// The one host the request names: `:authority` on HTTP/2 or the absolute-form target on
+/// HTTP/1.1, which a `Host` header, when also present, must agree with (RFC 9113 §8.3.1,
+/// RFC 9112 §3.2.2); else the single `Host` header. This value, and nothing else the client
+/// sent, is what is checked and what the backend is told in `X-Forwarded-Host`.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Result<&'a str, HostError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(HostError::Several),
+        (Some(h), None) => Some(h.to_str().map_err(|_| HostError::Malformed)?),
+        (None, None) => None,
+    };
+    let authority = match (uri.authority(), host) {
+        (Some(a), Some(h)) => {
+            if normalised(a.as_str()) != normalised(h) || normalised(h).is_none() {
+                return Err(HostError::Disagrees);
+            }
+            a.as_str()
+        }
+        (Some(a), None) => a.as_str(),
+        (None, Some(h)) => h,
+        (None, None) => return Err(HostError::Missing),
+    };
+    if normalised(authority).is_none() {
+        return Err(HostError::Malformed);
+    }
+    Ok(authority)
+}
+
+/// `(host, port)` for comparison: lower-case, no trailing dot, the https default port filled in.
+fn normalised(authority: &str) -> Option<(String, u16)> {
+    let (host, port) = split_host_port(authority)?;
+    let port = match port {
+        None => 443,
+        Some(p) => p.parse().ok()?,
+    };
+    if host.is_empty() || host.contains('@') {
+        return None;
+    }
+    Some((host.trim_end_matches('.').to_ascii_lowercase(), port))
+}
+
+/// Whether the host of `authority` (as [`request_host`] returned it) is one of `allowed`
 /// (lower-case host names or IP literals; the port is not compared: rebinding changes the
 /// name, and the proxy may sit behind a port mapping).
+pub fn host_name_allowed(allowed: &[String], authority: &str) -> bool {
+    normalised(authority).is_some_and(|(host, _)| allowed.contains(&host))
+}
+
+/// Whether the request's host (see [`request_host`]) is one of `allowed`.
 pub fn host_allowed(allowed: &[String], uri: &http::Uri, headers: &HeaderMap) -> bool {
-    let authority = match uri.authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => {
-            let mut hosts = headers.get_all(header::HOST).iter();
-            match (hosts.next(), hosts.next()) {
-                (Some(h), None) => match h.to_str() {
-                    Ok(s) => s.to_owned(),
-                    Err(_) => return false,
-                },
-                _ => return false,
-            }
-        }
-    };
-    let Some((host, _)) = split_host_port(&authority) else {
-        return false;
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    allowed.contains(&host)
+    request_host(uri, headers).is_ok_and(|a| host_name_allowed(allowed, a))
 }
 
 /// Request headers a browser may send cross-origin to an MCP endpoint.
@@ -206,6 +268,7 @@ mod tests {
             allowed: allowed.iter().map(|s| Origin::parse(s).unwrap()).collect(),
             allow_null: false,
             require_origin: false,
+            forward: false,
         }
     }
 
@@ -322,6 +385,27 @@ mod tests {
             !host_allowed(&allowed, &h2, &HeaderMap::new()),
             ":authority is checked"
         );
+    }
+
+    #[test]
+    fn host_header_must_agree_with_the_authority() {
+        let abs: http::Uri = "https://localhost/mcp".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("evil.example"));
+        assert_eq!(request_host(&abs, &h), Err(HostError::Disagrees));
+        h.insert(header::HOST, HeaderValue::from_static("LOCALHOST.:443"));
+        assert_eq!(request_host(&abs, &h), Ok("localhost"));
+        h.insert(header::HOST, HeaderValue::from_static("localhost:8443"));
+        assert_eq!(request_host(&abs, &h), Err(HostError::Disagrees));
+        let origin_form: http::Uri = "/mcp".parse().unwrap();
+        assert_eq!(
+            request_host(&origin_form, &HeaderMap::new()),
+            Err(HostError::Missing)
+        );
+        h.insert(header::HOST, HeaderValue::from_static("a:b:c"));
+        assert_eq!(request_host(&origin_form, &h), Err(HostError::Malformed));
+        h.append(header::HOST, HeaderValue::from_static("localhost"));
+        assert_eq!(request_host(&origin_form, &h), Err(HostError::Several));
     }
 
     #[test]

@@ -289,6 +289,9 @@ pub struct RouteFile {
     /// Refuse requests that carry no `Origin` (browser-only routes).
     #[serde(default)]
     pub require_origin: bool,
+    /// Pass a validated `Origin` on to the backend (default: removed).
+    #[serde(default)]
+    pub forward_origin: bool,
     /// `[routes.upstream_tls]`
     pub upstream_tls: Option<UpstreamTlsFile>,
     /// `[routes.auth]`
@@ -378,7 +381,7 @@ pub enum AuditFsync {
 }
 
 /// `[sessions]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsFile {
     /// 32-byte key (raw or base64) shared by every instance; default: random per process.
@@ -386,6 +389,19 @@ pub struct SessionsFile {
     /// Keys that still open ids sealed before a rotation.
     #[serde(default)]
     pub previous_key_files: Vec<PathBuf>,
+    /// How long a session id stays valid after the session opened.
+    #[serde(default = "defaults::session_max_lifetime", with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for SessionsFile {
+    fn default() -> Self {
+        SessionsFile {
+            key_file: None,
+            previous_key_files: Vec::new(),
+            max_lifetime: defaults::session_max_lifetime(),
+        }
+    }
 }
 
 /// `[routes.policy]`
@@ -703,6 +719,10 @@ mod defaults {
         // (measured: h2 throughput halves at 32). Idle ones still expire after 90 s.
         512
     }
+    pub fn session_max_lifetime() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+
     pub fn identity_header_prefix() -> String {
         "x-mcp-edge-".to_owned()
     }

@@ -173,12 +173,25 @@ pub struct AuditSettings {
 }
 
 /// Validated `[sessions]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionSettings {
     /// Current sealing key; `None` = a random key for this process.
     pub key_file: Option<PathBuf>,
     /// Previous keys, still accepted for opening.
     pub previous_key_files: Vec<PathBuf>,
+    /// Age after which a session id (and a legacy `sessionId`) is unknown: 404, and the
+    /// client initialises a new session.
+    pub max_lifetime: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            key_file: None,
+            previous_key_files: Vec::new(),
+            max_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Validated public listener settings.
@@ -566,6 +579,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
             "set `key_file` to the current key; previous keys only open ids sealed before a rotation",
         ));
     }
+    nonzero("sessions.max_lifetime", file.sessions.max_lifetime)?;
     let auth = validate_auth(file.auth, &listener.public_url, &resolve)?;
 
     if file.routes.is_empty() {
@@ -676,6 +690,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
                 .map(|p| resolve(p))
                 .collect(),
             key_file: file.sessions.key_file.as_deref().map(resolve),
+            max_lifetime: file.sessions.max_lifetime,
         },
         shutdown: ShutdownSettings {
             drain_timeout: file.shutdown.drain_timeout,
@@ -819,6 +834,7 @@ fn validate_route(
 
     let mut origins = crate::auth::origin::OriginPolicy {
         require_origin: r.require_origin,
+        forward: r.forward_origin,
         ..Default::default()
     };
     for (j, o) in r.allowed_origins.iter().enumerate() {

@@ -130,6 +130,31 @@ impl DevCa {
 }
 
 impl DevCa {
+    /// Issues a client certificate whose subject has the attributes `subject`, in order (for
+    /// tests of subject matching).
+    pub fn issue_client_subject(
+        &self,
+        subject: &[(DnType, &str)],
+    ) -> Result<IssuedCert, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for (kind, value) in subject {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        let serial = new_serial();
+        params.serial_number = Some(serial.into());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial,
+        })
+    }
+}
+
+impl DevCa {
     /// A PEM CRL signed by this CA revoking `serials`, valid from 2020 until 1 January of
     /// `next_update_year` (a past year makes an expired CRL).
     pub fn crl(&self, serials: &[u64], next_update_year: i32) -> Result<String, rcgen::Error> {

@@ -49,6 +49,9 @@ pub enum ProxyError {
         /// Label for logs and metrics.
         kind: &'static str,
     },
+    /// A POST body declared in a type, charset or encoding the proxy does not inspect.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(#[from] crate::http::media::MediaTypeError),
     /// A header the proxy needs to read is malformed.
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
@@ -68,6 +71,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Auth { status, .. } => *status,
             ProxyError::Protocol { status, .. } => *status,
@@ -93,6 +97,7 @@ impl ProxyError {
             ProxyError::UnknownSession => "unknown_session",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UnsupportedMediaType(_) => "unsupported_media_type",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::Protocol { kind, .. } => kind,
             ProxyError::Auth { status, .. } => match status.as_u16() {

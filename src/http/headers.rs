@@ -67,6 +67,57 @@ pub fn set_forwarded(
     }
 }
 
+/// Names the proxy sets, checks or strips on the way upstream; a client header that folds
+/// (`_` read as `-`) onto one of them is a spoofing attempt.
+const CONTROLLED: [&str; 14] = [
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "origin",
+    "cookie",
+];
+
+/// Prefixes of header families the proxy controls: forwarding headers and MCP's own.
+const CONTROLLED_PREFIXES: [&str; 2] = ["x-forwarded-", "mcp-"];
+
+/// Removes client headers a backend could read as identity or forwarding headers the proxy
+/// owns. Many servers (CGI/WSGI, PHP, some Node frameworks) fold `_` into `-`, so
+/// `X_Mcp_Edge_Subject` would reach them as the identity header itself: any name that starts
+/// with the identity prefix once `_` is read as `-` goes, and so does any name with a `_` that
+/// folds onto a header the proxy sets or checks ([`CONTROLLED`], `x-forwarded-*`, `mcp-*`).
+/// Names without `_` other than the identity prefix are left alone: the proxy handles those
+/// itself where it must.
+pub fn strip_lookalikes(headers: &mut HeaderMap, identity_prefix: &str) {
+    // Config validation keeps the prefix to letters, digits and `-`: it needs no folding.
+    let prefix = identity_prefix;
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            if !name.contains('_') {
+                return name.starts_with(prefix);
+            }
+            let folded = name.replace('_', "-");
+            folded.starts_with(prefix)
+                || CONTROLLED.contains(&folded.as_str())
+                || CONTROLLED_PREFIXES.iter().any(|p| folded.starts_with(p))
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
 fn ip_header(ip: IpAddr) -> HeaderValue {
     // An IP address always renders as a valid header value.
     HeaderValue::from_str(&ip.to_canonical().to_string())
@@ -171,6 +222,33 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "mcp.example.com");
         assert!(h.get("forwarded").is_none());
+    }
+
+    #[test]
+    fn lookalike_identity_and_forwarding_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-mcp-edge-subject",
+            "x_mcp_edge_subject",
+            "x-mcp-edge_client-id",
+            "x_forwarded_host",
+            "mcp_session_id",
+            "x_request_id",
+            "authorization_",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("victim"),
+            );
+        }
+        h.insert("x_custom_app", HeaderValue::from_static("kept"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("set later"));
+        strip_lookalikes(&mut h, "x-mcp-edge-");
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        for name in ["x_custom_app", "x-forwarded-for", "authorization_"] {
+            assert!(h.contains_key(name), "{name} kept");
+        }
     }
 
     #[test]

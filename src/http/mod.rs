@@ -4,6 +4,7 @@
 pub mod client;
 pub mod error;
 pub mod headers;
+pub mod media;
 pub mod server;
 
 use bytes::Bytes;

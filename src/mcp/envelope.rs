@@ -310,6 +310,9 @@ pub struct Message {
     pub tool_name: Option<String>,
     /// `params.uri` of `resources/read`, `resources/subscribe` and `resources/unsubscribe`.
     pub resource_uri: Option<String>,
+    /// `params.notifications.resourceSubscriptions` of `subscriptions/listen`: resources the
+    /// caller asks to follow, each checked like `resources/subscribe`.
+    pub subscriptions: Vec<String>,
 }
 
 impl Message {
@@ -524,14 +527,141 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// `params` (or any object) reduced to its `name` and `uri` members. Also used by the
-/// `tools/list` filter to read each tool's `name`.
+/// `params` (or any object) reduced to the members the proxy reads. Also used by the answer
+/// filter to read each list element's `name`, `uri` or `uriTemplate`.
 #[derive(Debug, Default)]
 pub(crate) struct Params<'a> {
     pub(crate) name: Option<Scalar<'a>>,
     pub(crate) uri: Option<Scalar<'a>>,
-    /// First of `name`/`uri` seen twice.
+    pub(crate) uri_template: Option<Scalar<'a>>,
+    /// `notifications.resourceSubscriptions` of `subscriptions/listen`.
+    pub(crate) notifications: Option<ListenParams<'a>>,
+    /// First member read here seen twice.
     pub(crate) duplicate: Option<&'static str>,
+}
+
+/// `params.notifications` of `subscriptions/listen`, reduced to `resourceSubscriptions`.
+#[derive(Debug, Default)]
+pub(crate) struct ListenParams<'a> {
+    /// The URIs, when the member is an array of strings within [`MAX_SUBSCRIPTIONS`].
+    pub(crate) resource_subscriptions: Option<Vec<Cow<'a, str>>>,
+    /// The member is there but is not such an array (or appears twice).
+    pub(crate) invalid: bool,
+}
+
+/// Most resource URIs one `subscriptions/listen` may name.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+
+impl<'de> Deserialize<'de> for ListenParams<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ListenParams<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut p = ListenParams::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if key != "resourceSubscriptions" {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                    let list = map.next_value::<UriList<'de>>()?;
+                    if p.resource_subscriptions.is_some() || p.invalid {
+                        p.invalid = true;
+                        continue;
+                    }
+                    match list.0 {
+                        Some(uris) => p.resource_subscriptions = Some(uris),
+                        None => p.invalid = true,
+                    }
+                }
+                Ok(p)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ListenParams::not_an_object())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ListenParams::not_an_object())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ListenParams::not_an_object())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ListenParams::not_an_object())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ListenParams::not_an_object())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ListenParams::not_an_object())
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(ListenParams::not_an_object())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ListenParams<'_> {
+    fn not_an_object() -> Self {
+        ListenParams {
+            resource_subscriptions: None,
+            invalid: true,
+        }
+    }
+}
+
+/// An array of at most [`MAX_SUBSCRIPTIONS`] strings; `None` for anything else.
+struct UriList<'a>(Option<Vec<Cow<'a, str>>>);
+
+impl<'de> Deserialize<'de> for UriList<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UriList<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut uris = Vec::new();
+                let mut ok = true;
+                while let Some(item) = seq.next_element::<Scalar<'de>>()? {
+                    match item {
+                        Scalar::Str(s) if ok && uris.len() < MAX_SUBSCRIPTIONS => uris.push(s),
+                        _ => ok = false,
+                    }
+                }
+                Ok(UriList(ok.then_some(uris)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(UriList(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(UriList(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(UriList(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(UriList(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(UriList(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(UriList(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(UriList(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl<'de> Deserialize<'de> for Params<'de> {
@@ -548,6 +678,16 @@ impl<'de> Deserialize<'de> for Params<'de> {
                     let (slot, name) = match &*key {
                         "name" => (&mut p.name, "params.name"),
                         "uri" => (&mut p.uri, "params.uri"),
+                        "uriTemplate" => (&mut p.uri_template, "params.uriTemplate"),
+                        "notifications" => {
+                            let value = map.next_value::<ListenParams<'de>>()?;
+                            if p.notifications.is_some() {
+                                p.duplicate.get_or_insert("params.notifications");
+                            } else {
+                                p.notifications = Some(value);
+                            }
+                            continue;
+                        }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -760,6 +900,8 @@ impl<'de> Deserialize<'de> for Top<'de> {
 
 /// Methods whose target is `params.name`.
 const NAME_METHODS: [&str; 2] = ["tools/call", "prompts/get"];
+/// The 2026-07-28 long-lived POST whose params name resources to follow.
+const LISTEN_METHOD: &str = "subscriptions/listen";
 /// Methods whose target is `params.uri`.
 const URI_METHODS: [&str; 3] = [
     "resources/read",
@@ -812,6 +954,7 @@ impl RawMessage<'_> {
                         method: None,
                         tool_name: None,
                         resource_uri: None,
+                        subscriptions: Vec::new(),
                     }),
                     _ => Err(EnvelopeError::Invalid("a response needs a non-null `id`")),
                 },
@@ -822,6 +965,7 @@ impl RawMessage<'_> {
                     method: None,
                     tool_name: None,
                     resource_uri: None,
+                    subscriptions: Vec::new(),
                 }),
                 (false, false) => Err(EnvelopeError::Invalid(
                     "a message needs `method`, `result` or `error`",
@@ -845,6 +989,7 @@ impl RawMessage<'_> {
         }
         let mut tool_name = None;
         let mut resource_uri = None;
+        let mut subscriptions = Vec::new();
         if let Some(&m) = NAME_METHODS.iter().find(|&&m| m == method) {
             match params.name.take() {
                 Some(Scalar::Str(s)) => tool_name = Some(bounded(s, "params.name", MAX_NAME_LEN)?),
@@ -853,6 +998,26 @@ impl RawMessage<'_> {
                         method: m,
                         param: "name",
                     });
+                }
+            }
+        } else if method == LISTEN_METHOD {
+            if let Some(n) = params.notifications.take() {
+                match n.resource_subscriptions {
+                    Some(uris) if !n.invalid => {
+                        for uri in uris {
+                            subscriptions.push(bounded(
+                                uri,
+                                "params.notifications.resourceSubscriptions",
+                                MAX_URI_LEN,
+                            )?);
+                        }
+                    }
+                    None if !n.invalid => {}
+                    _ => {
+                        return Err(EnvelopeError::Invalid(
+                            "`params.notifications.resourceSubscriptions` must be one array of at most 1024 strings",
+                        ));
+                    }
                 }
             }
         } else if let Some(&m) = URI_METHODS.iter().find(|&&m| m == method) {
@@ -872,6 +1037,7 @@ impl RawMessage<'_> {
             method: Some(method),
             tool_name,
             resource_uri,
+            subscriptions,
         })
     }
 }
@@ -1170,27 +1336,27 @@ mod props {
         prop_oneof![
             (id(), name).prop_map(|(id, name)| (
                 json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":{"x":[1,2,{"y":"z"}]}}}),
-                Message { kind: MessageKind::Request, id: Some(id), method: Some("tools/call".into()), tool_name: Some(name), resource_uri: None },
+                Message { kind: MessageKind::Request, id: Some(id), method: Some("tools/call".into()), tool_name: Some(name), resource_uri: None, subscriptions: Vec::new() },
             )),
             (id(), name).prop_map(|(id, uri)| (
                 json!({"params":{"uri":uri},"method":"resources/read","id":id,"jsonrpc":"2.0"}),
-                Message { kind: MessageKind::Request, id: Some(id), method: Some("resources/read".into()), tool_name: None, resource_uri: Some(uri) },
+                Message { kind: MessageKind::Request, id: Some(id), method: Some("resources/read".into()), tool_name: None, resource_uri: Some(uri), subscriptions: Vec::new() },
             )),
             (id(), method.clone()).prop_map(|(id, method)| (
                 json!({"jsonrpc":"2.0","id":id,"method":method,"params":{}}),
-                Message { kind: MessageKind::Request, id: Some(id), method: Some(method), tool_name: None, resource_uri: None },
+                Message { kind: MessageKind::Request, id: Some(id), method: Some(method), tool_name: None, resource_uri: None, subscriptions: Vec::new() },
             )),
             method.prop_map(|method| (
                 json!({"jsonrpc":"2.0","method":method}),
-                Message { kind: MessageKind::Notification, id: None, method: Some(method), tool_name: None, resource_uri: None },
+                Message { kind: MessageKind::Notification, id: None, method: Some(method), tool_name: None, resource_uri: None, subscriptions: Vec::new() },
             )),
             id().prop_map(|id| (
                 json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}}),
-                Message { kind: MessageKind::Response, id: Some(id), method: None, tool_name: None, resource_uri: None },
+                Message { kind: MessageKind::Response, id: Some(id), method: None, tool_name: None, resource_uri: None, subscriptions: Vec::new() },
             )),
             id().prop_map(|id| (
                 json!({"jsonrpc":"2.0","id":id,"error":{"code":-32601,"message":"no"}}),
-                Message { kind: MessageKind::Error, id: Some(id), method: None, tool_name: None, resource_uri: None },
+                Message { kind: MessageKind::Error, id: Some(id), method: None, tool_name: None, resource_uri: None, subscriptions: Vec::new() },
             )),
         ]
     }

@@ -1,24 +1,42 @@
-//! `tools/list` answer filtering: a principal sees only the tools it may call.
+//! Answer filtering: a principal sees only the tools and resources it may use.
+//!
+//! Three kinds of lists are filtered, in every answer that carries them, whatever its id:
+//!
+//! | member of `result` | element kept when |
+//! |---|---|
+//! | `tools` | its one string `name` is a tool the principal may call |
+//! | `resources` | its one string `uri` is inside the principal's namespaces |
+//! | `resourceTemplates` | its one string `uriTemplate` is inside the principal's namespaces |
+//!
+//! and `notifications/resources/updated` events whose `params.uri` is outside the principal's
+//! namespaces are dropped, so a principal cannot follow updates of resources it cannot read.
+//!
+//! Answers are not paired with request ids on purpose: a client may write an id in a form
+//! the backend rewrites (`1.0`, `-0`, `1e0`, integers past 2^53), and a filter that paired
+//! ids would then pass the whole list. Filtering on the shape of every answer cannot be
+//! sidestepped that way.
 //!
 //! The rewrite is a splice, not a re-serialization: the answer is first validated with
-//! serde_json, then a small scanner finds the byte span of `result.tools` and the span of each
-//! tool in it, and only that array is rebuilt from the kept tools' original bytes. Everything
-//! else (`nextCursor`, `ttlMs`, `cacheScope`, `_meta`, unknown members, key order, big numbers
-//! in schemas) stays byte for byte as the backend wrote it.
+//! serde_json, then a small scanner finds the byte span of each list and the span of each
+//! element in it, and only that array is rebuilt from the kept elements' original bytes.
+//! Everything else (`nextCursor`, `ttlMs`, `cacheScope`, `_meta`, unknown members, key order,
+//! big numbers in schemas) stays byte for byte as the backend wrote it.
 //!
-//! It fails closed: a tool without a string `name` (or with two) is dropped, and an answer to
-//! the tracked request that is ambiguous (a repeated `result`/`tools`/`id`, `tools` not an
-//! array, nesting too deep to parse) is an error rather than passed through.
+//! It fails closed: an element without a clear string key (missing, not a string, or a
+//! repeated member) is dropped, and an ambiguous answer (a repeated `result`/`tools`/`id`, a
+//! list that is not an array, nesting too deep to parse) is an error rather than passed
+//! through.
 //!
 //! Two entry points share that logic: [`filter_json`] for an `application/json` answer, and
-//! [`SseToolsFilter`] for a `text/event-stream` answer, fed chunk by chunk.
+//! [`SseAnswerFilter`] for a `text/event-stream` answer, fed chunk by chunk.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
 
-use super::envelope::{Id, Params, RawMessage, Scalar, exceeds_depth};
+use super::envelope::{Params, RawMessage, Scalar, exceeds_depth};
 use crate::sse::legacy::{lines, scan_event_end, split_field};
 
 /// Default cap on one SSE event held while waiting for its end (a big `tools/list` page with
@@ -30,21 +48,45 @@ pub const MAX_PENDING_EVENT: usize = 1024 * 1024;
 /// otherwise let a deep answer through unfiltered.
 const MAX_ANSWER_DEPTH: usize = 100;
 
+/// Requests whose answers carry a filtered list.
+pub const LIST_METHODS: [&str; 3] = ["tools/list", "resources/list", "resources/templates/list"];
+
+/// The notification that tells a subscriber a resource changed.
+const RESOURCE_UPDATED: &str = "notifications/resources/updated";
+
+/// What one principal may see in answers.
+pub trait Visibility {
+    /// Whether the tool `name` stays in `tools/list` answers.
+    fn tool(&self, name: &str) -> bool;
+    /// Whether the resource (or resource template) `uri` stays in list answers, and its
+    /// update notifications reach the client.
+    fn resource(&self, uri: &str) -> bool;
+}
+
+impl<T: Visibility + ?Sized> Visibility for Arc<T> {
+    fn tool(&self, name: &str) -> bool {
+        (**self).tool(name)
+    }
+    fn resource(&self, uri: &str) -> bool {
+        (**self).resource(uri)
+    }
+}
+
 /// Why an answer could not be filtered. The caller should fail closed (for example 502, or
 /// end the stream) rather than pass the original through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     /// An `application/json` answer that is not JSON.
-    #[error("tools/list answer is not valid JSON")]
+    #[error("list answer is not valid JSON")]
     NotJson,
     /// Nested deeper than the filter parses.
-    #[error("tools/list answer nested deeper than {limit} levels")]
+    #[error("list answer nested deeper than {limit} levels")]
     TooDeep {
         /// The limit.
         limit: usize,
     },
-    /// The answer to the tracked request is ambiguous or not shaped like a `tools/list` result.
-    #[error("malformed tools/list answer: {0}")]
+    /// An answer carrying a list is ambiguous or not shaped like a list result.
+    #[error("malformed list answer: {0}")]
     Malformed(&'static str),
     /// An SSE event grew past the cap without ending.
     #[error("SSE event exceeds {limit} bytes without ending")]
@@ -56,62 +98,48 @@ pub enum FilterError {
 
 /// Filters an `application/json` answer: a single response, or (2025-03-26) an array of them.
 ///
-/// Responses whose `id` matches one of `ids` (loosely: `2` matches `"2"`) get `result.tools`
-/// reduced to the tools for which `allow(name)` is true. Anything else (errors, other ids) is
-/// left alone. Returns `body` itself (no copy) when nothing was removed; otherwise a new body,
-/// so the caller must drop any upstream `Content-Length`.
-pub fn filter_json<F>(body: &Bytes, ids: &[Id], allow: F) -> Result<Bytes, FilterError>
-where
-    F: Fn(&str) -> bool,
-{
-    match rewrite(body, Track::Ids(ids), &allow)? {
+/// Every response whose `result` carries `tools`, `resources` or `resourceTemplates` gets
+/// those lists reduced to what `vis` allows. Anything else (errors, other results) is left
+/// alone. Returns `body` itself (no copy) when nothing was removed; otherwise a new body, so
+/// the caller must drop any upstream `Content-Length`.
+pub fn filter_json<V: Visibility + ?Sized>(body: &Bytes, vis: &V) -> Result<Bytes, FilterError> {
+    match rewrite(body, vis)? {
         Rewrite::Unchanged => Ok(body.clone()),
         Rewrite::Changed(new) => Ok(Bytes::from(new)),
+        // A JSON answer holds responses only; a dropped notification leaves an empty body.
+        Rewrite::Dropped => Ok(Bytes::new()),
         Rewrite::NotJson => Err(FilterError::NotJson),
     }
 }
 
-/// Incremental filter for a `text/event-stream` answer to a `tools/list` request.
+/// Incremental filter for a `text/event-stream` answer or stream.
 ///
 /// Feed upstream chunks to [`feed`](Self::feed); it returns the complete events among them,
 /// at once, in order. An event whose `data` (multi-line data joined with `\n`, as the SSE spec
-/// says) is a response to one of the tracked ids has its tools filtered and is re-emitted with
-/// the same `event:`, `id:`, `retry:` and comment lines and the new data; every other event
-/// (notifications, priming events with empty data, comments, non-JSON data) passes through
-/// byte for byte. At the end of the upstream call [`finish`](Self::finish).
+/// says) carries a list loses what `vis` hides and is re-emitted with the same `event:`,
+/// `id:`, `retry:` and comment lines and the new data; a resource update the principal may not
+/// see keeps only its `id:` and `retry:` lines (so resumption still works) and is not
+/// dispatched by clients; every other event (other notifications, priming events with empty
+/// data, comments, non-JSON data) passes through byte for byte. At the end of the upstream
+/// call [`finish`](Self::finish).
 #[derive(Debug)]
-pub struct SseToolsFilter<F> {
-    ids: Vec<Id>,
-    /// Filter every `tools/list`-shaped answer, whatever its id (streams whose requests the
-    /// proxy did not see: legacy SSE streams and resumed GET streams).
-    any_id: bool,
-    allow: F,
+pub struct SseAnswerFilter<V> {
+    vis: V,
     pending: BytesMut,
     max_event: usize,
     /// Whether the first event (the only place a byte-order mark may sit) has been handled.
     started: bool,
 }
 
-impl<F: Fn(&str) -> bool> SseToolsFilter<F> {
-    /// A filter for answers to `ids` (usually the one id of the `tools/list` request), keeping
-    /// the tools for which `allow(name)` is true, with the [`MAX_PENDING_EVENT`] cap.
-    pub fn new(ids: Vec<Id>, allow: F) -> Self {
-        SseToolsFilter {
-            ids,
-            any_id: false,
-            allow,
+impl<V: Visibility> SseAnswerFilter<V> {
+    /// A filter keeping what `vis` allows, with the [`MAX_PENDING_EVENT`] cap.
+    pub fn new(vis: V) -> Self {
+        SseAnswerFilter {
+            vis,
             pending: BytesMut::new(),
             max_event: MAX_PENDING_EVENT,
             started: false,
         }
-    }
-
-    /// A filter for every answer that carries `result.tools`, whatever its id: for streams
-    /// that carry answers to requests the proxy did not pair them with.
-    pub fn any_id(allow: F) -> Self {
-        let mut f = Self::new(Vec::new(), allow);
-        f.any_id = true;
-        f
     }
 
     /// Sets the cap on one pending (incomplete) event.
@@ -170,37 +198,48 @@ impl<F: Fn(&str) -> bool> SseToolsFilter<F> {
             return Ok(());
         }
         let joined = data.join(&b"\n"[..]);
-        let track = if self.any_id {
-            Track::Any
-        } else {
-            Track::Ids(&self.ids)
-        };
-        let new_data = match rewrite(&joined, track, &self.allow)? {
-            // Non-JSON data is not a JSON-RPC message; no client can take tools from it.
+        let new_data = match rewrite(&joined, &self.vis)? {
+            // Non-JSON data is not a JSON-RPC message; no client can take anything from it.
             Rewrite::Unchanged | Rewrite::NotJson => {
                 out.extend_from_slice(body);
                 return Ok(());
             }
-            Rewrite::Changed(new) => new,
+            Rewrite::Changed(new) => Some(new),
+            Rewrite::Dropped => None,
         };
         let mut data_written = false;
+        let mut any_line = false;
         for line in lines(body) {
             let (field, _) = split_field(line);
-            if field != b"data" {
-                out.extend_from_slice(line);
-                out.extend_from_slice(b"\n");
-            } else if !data_written {
-                data_written = true;
-                // The new data holds only `\n` line breaks (it is made of pieces of `joined`),
-                // one data line each.
-                for piece in new_data.split(|&b| b == b'\n') {
-                    out.extend_from_slice(b"data: ");
-                    out.extend_from_slice(piece);
+            match &new_data {
+                // Every data line is written where the first one was.
+                Some(_) if field == b"data" && data_written => {}
+                Some(new_data) if field == b"data" => {
+                    data_written = true;
+                    // The new data holds only `\n` line breaks (it is made of pieces of
+                    // `joined`), one data line each.
+                    for piece in new_data.split(|&b| b == b'\n') {
+                        out.extend_from_slice(b"data: ");
+                        out.extend_from_slice(piece);
+                        out.extend_from_slice(b"\n");
+                    }
+                }
+                Some(_) => {
+                    out.extend_from_slice(line);
                     out.extend_from_slice(b"\n");
                 }
+                // A dropped event keeps what resumption needs and nothing a client dispatches.
+                None if field == b"id" || field == b"retry" => {
+                    any_line = true;
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(b"\n");
+                }
+                None => {}
             }
         }
-        out.extend_from_slice(b"\n");
+        if new_data.is_some() || any_line {
+            out.extend_from_slice(b"\n");
+        }
         Ok(())
     }
 }
@@ -210,37 +249,38 @@ impl<F: Fn(&str) -> bool> SseToolsFilter<F> {
 enum Rewrite {
     Unchanged,
     Changed(Vec<u8>),
+    /// Every message in it is one the principal may not see.
+    Dropped,
     /// Not parseable as JSON at all.
     NotJson,
+}
+
+/// What happens to one JSON-RPC message.
+enum Fate {
+    Keep,
+    Replace(Vec<u8>),
+    Drop,
 }
 
 /// A byte range of the input and what replaces it.
 type Splice = (Range<usize>, Vec<u8>);
 
-/// Which responses are `tools/list` answers to filter.
+/// The lists of a result that are filtered, and the member naming each element.
+const LISTS: [(&str, ListKind); 3] = [
+    ("tools", ListKind::Tool),
+    ("resources", ListKind::Resource),
+    ("resourceTemplates", ListKind::Template),
+];
+
 #[derive(Debug, Clone, Copy)]
-enum Track<'a> {
-    /// Answers to these request ids.
-    Ids(&'a [Id]),
-    /// Every answer whose `result` has `tools`.
-    Any,
+enum ListKind {
+    Tool,
+    Resource,
+    Template,
 }
 
-impl Track<'_> {
-    fn matches(self, id: &Id) -> bool {
-        match self {
-            Track::Ids(ids) => ids.iter().any(|t| t.loosely_matches(id)),
-            Track::Any => true,
-        }
-    }
-}
-
-/// Filters the tracked responses in one JSON text (an object or an array of objects).
-fn rewrite<F: Fn(&str) -> bool>(
-    text: &[u8],
-    ids: Track<'_>,
-    allow: &F,
-) -> Result<Rewrite, FilterError> {
+/// Filters the messages in one JSON text (an object or an array of objects).
+fn rewrite<V: Visibility + ?Sized>(text: &[u8], vis: &V) -> Result<Rewrite, FilterError> {
     if exceeds_depth(text, MAX_ANSWER_DEPTH) {
         return Err(FilterError::TooDeep {
             limit: MAX_ANSWER_DEPTH,
@@ -252,107 +292,172 @@ fn rewrite<F: Fn(&str) -> bool>(
     }
     let mut scan = Scan::new(text);
     scan.ws();
-    let splices = match scan.peek() {
+    match scan.peek() {
         Some(b'{') => {
             let span = scan.value().ok_or(FilterError::NotJson)?;
-            response_splice(text, span, ids, allow)?
-                .into_iter()
-                .collect()
+            Ok(match message(text, span, vis)? {
+                Fate::Keep => Rewrite::Unchanged,
+                Fate::Replace(new) => Rewrite::Changed(new),
+                Fate::Drop => Rewrite::Dropped,
+            })
         }
         Some(b'[') => {
             let span = scan.value().ok_or(FilterError::NotJson)?;
-            let mut splices = Vec::new();
-            for element in elements(text, span).ok_or(FilterError::NotJson)? {
-                if text.get(element.start) == Some(&b'{') {
-                    splices.extend(response_splice(text, element, ids, allow)?);
+            let all = elements(text, span).ok_or(FilterError::NotJson)?;
+            let mut fates = Vec::with_capacity(all.len());
+            for element in &all {
+                fates.push(if text.get(element.start) == Some(&b'{') {
+                    message(text, element.clone(), vis)?
+                } else {
+                    Fate::Keep
+                });
+            }
+            if fates.iter().all(|f| matches!(f, Fate::Keep)) {
+                return Ok(Rewrite::Unchanged);
+            }
+            let mut kept: Vec<&[u8]> = Vec::with_capacity(all.len());
+            for (element, fate) in all.iter().zip(&fates) {
+                match fate {
+                    Fate::Keep => kept.push(text.get(element.clone()).ok_or(FilterError::NotJson)?),
+                    Fate::Replace(new) => kept.push(new),
+                    Fate::Drop => {}
                 }
             }
-            splices
+            if kept.is_empty() {
+                // An empty batch is not a valid JSON-RPC message: nothing is left to send.
+                return Ok(Rewrite::Dropped);
+            }
+            Ok(Rewrite::Changed(join_array(&kept, text.len())))
         }
-        _ => Vec::new(),
-    };
-    if splices.is_empty() {
-        return Ok(Rewrite::Unchanged);
+        _ => Ok(Rewrite::Unchanged),
     }
-    let mut out = Vec::with_capacity(text.len());
-    let mut at = 0;
+}
+
+/// `[a,b,…]` from the elements' bytes.
+fn join_array(items: &[&[u8]], capacity: usize) -> Vec<u8> {
+    let mut array = Vec::with_capacity(capacity);
+    array.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            array.push(b',');
+        }
+        array.extend_from_slice(item);
+    }
+    array.push(b']');
+    array
+}
+
+/// Decides the fate of one message object at `span`: a resource update outside the
+/// principal's namespaces is dropped, a result carrying lists loses what `vis` hides.
+fn message<V: Visibility + ?Sized>(
+    text: &[u8],
+    span: Range<usize>,
+    vis: &V,
+) -> Result<Fate, FilterError> {
+    let object = text.get(span.clone()).ok_or(FilterError::NotJson)?;
+    let raw: RawMessage<'_> =
+        serde_json::from_slice(object).map_err(|_| FilterError::Malformed("not an object"))?;
+    if let Some(method) = &raw.method {
+        let Scalar::Str(method) = method else {
+            // Not a message any client dispatches.
+            return Ok(Fate::Keep);
+        };
+        // Fail closed: with a repeated member the client may read another method or URI.
+        if raw.duplicate.is_some() {
+            return Ok(Fate::Drop);
+        }
+        if method != RESOURCE_UPDATED {
+            return Ok(Fate::Keep);
+        }
+        let visible = matches!(
+            &raw.params,
+            Some(Params { uri: Some(Scalar::Str(uri)), duplicate: None, .. }) if vis.resource(uri)
+        );
+        return Ok(if visible { Fate::Keep } else { Fate::Drop });
+    }
+    // Parsers disagree on which copy of a repeated member wins: with two `result`s the client
+    // may read another list than the one filtered here.
+    if raw.result && raw.duplicate.is_some() {
+        return Err(FilterError::Malformed("repeated member in response"));
+    }
+    if !raw.result {
+        return Ok(Fate::Keep);
+    }
+    let result = unique_member(text, span.clone(), "result")?.ok_or(FilterError::NotJson)?;
+    if text.get(result.start) != Some(&b'{') {
+        // Not an object: it cannot carry a list a client would read.
+        return Ok(Fate::Keep);
+    }
+    let mut splices: Vec<Splice> = Vec::new();
+    for (key, kind) in LISTS {
+        let Some(list) = unique_member(text, result.clone(), key)? else {
+            continue;
+        };
+        if text.get(list.start) != Some(&b'[') {
+            return Err(FilterError::Malformed(match kind {
+                ListKind::Tool => "`result.tools` is not an array",
+                ListKind::Resource => "`result.resources` is not an array",
+                ListKind::Template => "`result.resourceTemplates` is not an array",
+            }));
+        }
+        let all = elements(text, list.clone()).ok_or(FilterError::NotJson)?;
+        let kept: Vec<&[u8]> = all
+            .iter()
+            .filter_map(|r| text.get(r.clone()))
+            .filter(|element| element_visible(element, kind, vis))
+            .collect();
+        if kept.len() != all.len() {
+            let len = list.len();
+            splices.push((list, join_array(&kept, len)));
+        }
+    }
+    if splices.is_empty() {
+        return Ok(Fate::Keep);
+    }
+    // Members of one object never overlap; apply them in order.
+    splices.sort_by_key(|(r, _)| r.start);
+    let mut out = Vec::with_capacity(object.len());
+    let mut at = span.start;
     for (range, replacement) in splices {
         out.extend_from_slice(text.get(at..range.start).ok_or(FilterError::NotJson)?);
         out.extend_from_slice(&replacement);
         at = range.end;
     }
-    out.extend_from_slice(text.get(at..).ok_or(FilterError::NotJson)?);
-    Ok(Rewrite::Changed(out))
+    out.extend_from_slice(text.get(at..span.end).ok_or(FilterError::NotJson)?);
+    Ok(Fate::Replace(out))
 }
 
-/// For one response object at `span`: the replacement of its `result.tools` array, if it
-/// answers a tracked id and loses tools.
-fn response_splice<F: Fn(&str) -> bool>(
-    text: &[u8],
-    span: Range<usize>,
-    ids: Track<'_>,
-    allow: &F,
-) -> Result<Option<Splice>, FilterError> {
-    let object = text.get(span.clone()).ok_or(FilterError::NotJson)?;
-    let raw: RawMessage<'_> =
-        serde_json::from_slice(object).map_err(|_| FilterError::Malformed("not an object"))?;
-    // Parsers disagree on which copy of a repeated member wins: with two `id`s the client may
-    // match another id than the one compared here, with two `result`s read another list.
-    if raw.result && raw.duplicate.is_some() {
-        return Err(FilterError::Malformed("repeated member in response"));
-    }
-    let id = match &raw.id {
-        Some(Scalar::Number(n)) => Id::Number(n.clone()),
-        Some(Scalar::Str(s)) => Id::String(s.clone().into_owned()),
-        _ => return Ok(None),
+/// Whether one list element is kept: it has exactly one string key member (`name`, `uri` or
+/// `uriTemplate`) that `vis` accepts, and no repeated member the filter reads.
+fn element_visible<V: Visibility + ?Sized>(element: &[u8], kind: ListKind, vis: &V) -> bool {
+    let Ok(p) = serde_json::from_slice::<Params<'_>>(element) else {
+        return false;
     };
-    if !raw.result || !ids.matches(&id) {
-        return Ok(None);
+    if p.duplicate.is_some() {
+        return false;
     }
-    let result = unique_member(text, span, "result")?.ok_or(FilterError::NotJson)?;
-    if text.get(result.start) != Some(&b'{') {
-        // Any other method's answer may be shaped differently; only a tracked id is sure
-        // to be a `tools/list` answer.
-        if matches!(ids, Track::Any) {
-            return Ok(None);
-        }
-        return Err(FilterError::Malformed("`result` is not an object"));
-    }
-    let Some(tools) = unique_member(text, result, "tools")? else {
-        return Ok(None);
-    };
-    if text.get(tools.start) != Some(&b'[') {
-        return Err(FilterError::Malformed("`result.tools` is not an array"));
-    }
-    let all = elements(text, tools.clone()).ok_or(FilterError::NotJson)?;
-    let kept: Vec<&[u8]> = all
-        .iter()
-        .filter_map(|r| text.get(r.clone()))
-        .filter(|tool| tool_allowed(tool, allow))
-        .collect();
-    if kept.len() == all.len() {
-        return Ok(None);
-    }
-    let mut array = Vec::with_capacity(tools.len());
-    array.push(b'[');
-    for (i, tool) in kept.iter().enumerate() {
-        if i > 0 {
-            array.push(b',');
-        }
-        array.extend_from_slice(tool);
-    }
-    array.push(b']');
-    Ok(Some((tools, array)))
-}
-
-/// Whether one tool object is kept: it has exactly one `name`, a string, that `allow` accepts.
-fn tool_allowed<F: Fn(&str) -> bool>(tool: &[u8], allow: &F) -> bool {
-    match serde_json::from_slice::<Params<'_>>(tool) {
-        Ok(Params {
-            name: Some(Scalar::Str(name)),
-            duplicate,
-            ..
-        }) if duplicate != Some("params.name") => allow(&name),
+    match (kind, p) {
+        (
+            ListKind::Tool,
+            Params {
+                name: Some(Scalar::Str(name)),
+                ..
+            },
+        ) => vis.tool(&name),
+        (
+            ListKind::Resource,
+            Params {
+                uri: Some(Scalar::Str(uri)),
+                ..
+            },
+        ) => vis.resource(&uri),
+        (
+            ListKind::Template,
+            Params {
+                uri_template: Some(Scalar::Str(t)),
+                ..
+            },
+        ) => vis.resource(&t),
         _ => false,
     }
 }
@@ -524,6 +629,18 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
+    /// Tools only: every resource visible.
+    pub(super) struct Tools<F>(pub(super) F);
+
+    impl<F: Fn(&str) -> bool> Visibility for Tools<F> {
+        fn tool(&self, name: &str) -> bool {
+            (self.0)(name)
+        }
+        fn resource(&self, _: &str) -> bool {
+            true
+        }
+    }
+
     /// A tools/list page shaped like rmcp's output.
     const PAGE: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echo the input back","inputSchema":{"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{"text":{"type":"string"}},"required":["text"],"title":"EchoArgs"},"annotations":{"readOnlyHint":true}},{"name":"delete_everything","description":"Deletes","inputSchema":{"type":"object","properties":{"max":{"type":"integer","maximum":18446744073709551616}}}},{"name":"sum","inputSchema":{"type":"object","properties":{"a":{"type":"number"},"b":{"type":"number"}}},"outputSchema":{"type":"object"}}],"nextCursor":"x","ttlMs":60000,"cacheScope":"principal","x-unknown":{"z":[1,2]}}}"#;
 
@@ -543,7 +660,7 @@ mod tests {
     #[test]
     fn json_answer_filtered_and_rest_preserved() {
         let body = Bytes::from_static(PAGE.as_bytes());
-        let out = filter_json(&body, &[Id::from(2i64)], no_delete).unwrap();
+        let out = filter_json(&body, &Tools(no_delete)).unwrap();
         let text = std::str::from_utf8(&out).unwrap();
         assert!(!text.contains("delete_everything"));
         // Everything outside the tools array is byte for byte the backend's.
@@ -564,23 +681,22 @@ mod tests {
     }
 
     #[test]
-    fn json_answer_untouched_when_nothing_removed_or_not_tracked() {
+    fn json_answer_untouched_when_nothing_removed() {
         let body = Bytes::from_static(PAGE.as_bytes());
-        let out = filter_json(&body, &[Id::from(2i64)], |_| true).unwrap();
+        let out = filter_json(&body, &Tools(|_: &str| true)).unwrap();
         assert_eq!(out.as_ptr(), body.as_ptr(), "no copy when nothing changes");
-        let out = filter_json(&body, &[Id::from(3i64)], |_| false).unwrap();
-        assert_eq!(out, body);
         let err = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":2,"error":{"code":-32603,"message":"x"}}"#,
         );
-        assert_eq!(
-            filter_json(&err, &[Id::from(2i64)], |_| false).unwrap(),
-            err
-        );
-        // A string id matches the numeric one: filtering too much is the safe direction.
-        let out = filter_json(&body, &[Id::from("2")], |_| false).unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["result"]["tools"], json!([]));
+        assert_eq!(filter_json(&err, &Tools(|_: &str| false)).unwrap(), err);
+        // Answers are filtered whatever their id: ids written as `1.0`, `-0`, `1e0` or past
+        // 2^53 come back rewritten by backends, so pairing by id would let the list through.
+        for id in ["2", "\"2\"", "1.0", "-0", "1e0", "9007199254740993", "null"] {
+            let text = PAGE.replacen("\"id\":2", &format!("\"id\":{id}"), 1);
+            let out = filter_json(&Bytes::from(text), &Tools(|_: &str| false)).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["result"]["tools"], json!([]), "id {id}");
+        }
     }
 
     #[test]
@@ -588,11 +704,11 @@ mod tests {
         let body = Bytes::from_static(
             b"{ \"id\" : \"t-1\" ,\n \"jsonrpc\":\"2.0\", \"res\\u0075lt\" : { \"tools\" : [ { \"n\\u0061me\" : \"a\" } ,\n { \"name\" : \"b\\u0022\" } , {\"name\":\"c\"} ] , \"nextCursor\" : null } }",
         );
-        let out = filter_json(&body, &[Id::from("t-1")], |n| n != "b\"").unwrap();
+        let out = filter_json(&body, &Tools(|n: &str| n != "b\"")).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(names(&v), ["a", "c"]);
         assert!(v["result"]["nextCursor"].is_null());
-        let out = filter_json(&body, &[Id::from("t-1")], |_| false).unwrap();
+        let out = filter_json(&body, &Tools(|_: &str| false)).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["result"]["tools"], json!([]));
     }
@@ -602,28 +718,27 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"ok"},{"title":"no name"},{"name":7},{"name":"ok","name":"evil"},"str",null]}}"#,
         );
-        let out = filter_json(&body, &[Id::from(1i64)], |_| true).unwrap();
+        let out = filter_json(&body, &Tools(|_: &str| true)).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["result"]["tools"], json!([{"name":"ok"}]));
     }
 
     #[test]
     fn ambiguous_answers_are_errors() {
-        let ids = [Id::from(1i64)];
         for (body, want) in [
             (&br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]},"result":{"tools":[{"name":"x"}]}}"#[..], "repeated"),
             (br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"t\u006fols":[{"name":"x"}]}}"#, "repeated"),
             (br#"{"jsonrpc":"2.0","id":1,"id":1,"result":{"tools":[{"name":"x"}]}}"#, "repeated"),
-            // The first id is not tracked, but a client may read the second one.
             (br#"{"jsonrpc":"2.0","id":9,"id":1,"result":{"tools":[{"name":"x"}]}}"#, "repeated"),
             (br#"{"jsonrpc":"2.0","id":1,"result":{"tools":{"name":"x"}}}"#, "not an array"),
-            (br#"{"jsonrpc":"2.0","id":1,"result":[{"name":"x"}]}"#, "not an object"),
+            (br#"{"jsonrpc":"2.0","id":1,"result":{"resources":{"uri":"x"}}}"#, "not an array"),
+            (br#"{"jsonrpc":"2.0","id":1,"result":{"resources":[],"resources":[{"uri":"x"}]}}"#, "repeated"),
         ] {
-            let e = filter_json(&Bytes::from_static(body), &ids, |_| false).unwrap_err();
+            let e = filter_json(&Bytes::from_static(body), &Tools(|_: &str| false)).unwrap_err();
             assert!(e.to_string().contains(want), "{e} for {}", String::from_utf8_lossy(body));
         }
         assert_eq!(
-            filter_json(&Bytes::from_static(b"{\"id\":1"), &ids, |_| false),
+            filter_json(&Bytes::from_static(b"{\"id\":1"), &Tools(|_: &str| false)),
             Err(FilterError::NotJson)
         );
         let deep = format!(
@@ -632,12 +747,95 @@ mod tests {
             "]".repeat(120)
         );
         assert!(matches!(
-            filter_json(&Bytes::from(deep), &ids, |_| false),
+            filter_json(&Bytes::from(deep), &Tools(|_: &str| false)),
             Err(FilterError::TooDeep { .. })
         ));
-        // Without tools there is nothing to filter.
-        let empty = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
-        assert_eq!(filter_json(&empty, &ids, |_| false).unwrap(), empty);
+        // Without lists there is nothing to filter; a result that is not an object carries
+        // no list a client would read.
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"result":{}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"name":"x"}]}"#,
+        ] {
+            let body = Bytes::from_static(body);
+            assert_eq!(filter_json(&body, &Tools(|_: &str| false)).unwrap(), body);
+        }
+    }
+
+    /// Resources under `memory://a/` only.
+    struct OrgA;
+
+    impl Visibility for OrgA {
+        fn tool(&self, _: &str) -> bool {
+            true
+        }
+        fn resource(&self, uri: &str) -> bool {
+            uri.starts_with("memory://a/")
+        }
+    }
+
+    #[test]
+    fn resource_lists_keep_the_principals_namespace() {
+        let body = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":"r","result":{"resources":[{"uri":"memory://a/1","name":"one"},{"uri":"memory://b/merger-plans","name":"secret"},{"name":"no uri"},{"uri":"memory://a/2","uri":"memory://b/x"}],"nextCursor":"n"}}"#,
+        );
+        let out = filter_json(&body, &OrgA).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["result"]["resources"],
+            json!([{"uri":"memory://a/1","name":"one"}])
+        );
+        assert_eq!(v["result"]["nextCursor"], "n");
+        let body = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":3,"result":{"resourceTemplates":[{"uriTemplate":"memory://a/{id}"},{"uriTemplate":"memory://{org}/x"},{"uri":"memory://a/x"}]}}"#,
+        );
+        let out = filter_json(&body, &OrgA).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["result"]["resourceTemplates"],
+            json!([{"uriTemplate":"memory://a/{id}"}])
+        );
+    }
+
+    #[test]
+    fn resource_updates_outside_the_namespace_are_dropped() {
+        let f = |text: &'static str| run_with(OrgA, text.as_bytes());
+        let inside = "id: 7
+data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"memory://a/x\"}}\n\n";
+        assert_eq!(f(inside), inside);
+        assert_eq!(
+            f(
+                "event: message\nid: 8\nretry: 10\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"secret://x\"}}\n\n"
+            ),
+            "id: 8\nretry: 10\n\n",
+            "only what resumption needs is left"
+        );
+        for hidden in [
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"memory://b/x\"}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"memory://a/x\",\"uri\":\"memory://b/x\"}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"tools/list\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"memory://b/x\"}}\n\n",
+        ] {
+            assert_eq!(f(hidden), "", "{hidden}");
+        }
+        // In a batch only the hidden update goes.
+        let out = f(
+            "data: [{\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"memory://b/x\"}},{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}]\n\n",
+        );
+        assert_eq!(
+            out,
+            "data: [{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}]\n\n"
+        );
+        // Other notifications pass untouched.
+        let other =
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/list_changed\"}\n\n";
+        assert_eq!(f(other), other);
+    }
+
+    fn run_with<V: Visibility>(vis: V, input: &[u8]) -> String {
+        let mut f = SseAnswerFilter::new(vis);
+        let mut out = f.feed(input).unwrap().to_vec();
+        out.extend_from_slice(&f.finish().unwrap());
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -645,10 +843,11 @@ mod tests {
         let body = Bytes::from_static(
             br#"[{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"}]}},{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"a"},{"name":"b"}]}},{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"b"}]}}]"#,
         );
-        let out = filter_json(&body, &[Id::from(1i64), Id::from(3i64)], |n| n == "a").unwrap();
+        let out = filter_json(&body, &Tools(|n: &str| n == "a")).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v[0]["result"]["tools"], json!([{"name":"a"}]));
-        assert_eq!(v[1]["result"]["tools"], json!([{"name":"a"},{"name":"b"}]));
+        for i in 0..2 {
+            assert_eq!(v[i]["result"]["tools"], json!([{"name":"a"}]));
+        }
         assert_eq!(v[2]["result"]["tools"], json!([]));
     }
 
@@ -657,7 +856,7 @@ mod tests {
         cuts: &[usize],
         allow: fn(&str) -> bool,
     ) -> Result<Vec<u8>, FilterError> {
-        let mut f = SseToolsFilter::new(vec![Id::from(2i64)], allow);
+        let mut f = SseAnswerFilter::new(Tools(allow));
         let mut out = Vec::new();
         let mut at = 0;
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
@@ -736,7 +935,7 @@ mod tests {
         assert!(text.starts_with('\u{feff}'));
         assert!(!text.contains("delete_everything"));
 
-        let mut f = SseToolsFilter::new(vec![Id::from(2i64)], no_delete).with_max_event(16);
+        let mut f = SseAnswerFilter::new(Tools(no_delete)).with_max_event(16);
         assert!(f.feed(b"data: 0123456789").is_ok());
         assert_eq!(
             f.feed(b"abcdef"),
@@ -744,7 +943,7 @@ mod tests {
         );
 
         // An unterminated answer at the end of the stream is dropped, never passed unfiltered.
-        let mut f = SseToolsFilter::new(vec![Id::from(2i64)], no_delete);
+        let mut f = SseAnswerFilter::new(Tools(no_delete));
         assert!(
             f.feed(format!("data: {PAGE}\n").as_bytes())
                 .unwrap()
@@ -753,7 +952,7 @@ mod tests {
         assert!(f.finish().unwrap().is_empty());
 
         // Bare-CR events complete only at the end are still filtered.
-        let mut f = SseToolsFilter::new(vec![Id::from(2i64)], no_delete);
+        let mut f = SseAnswerFilter::new(Tools(no_delete));
         assert!(
             f.feed(format!("data: {PAGE}\r\r").as_bytes())
                 .unwrap()
@@ -764,18 +963,19 @@ mod tests {
             last.starts_with(b"data: {") && !String::from_utf8_lossy(&last).contains("delete_")
         );
 
-        // A malformed answer to the tracked id ends the stream with an error.
-        let mut f = SseToolsFilter::new(vec![Id::from(2i64)], no_delete);
+        // A malformed answer ends the stream with an error.
+        let mut f = SseAnswerFilter::new(Tools(no_delete));
         let bad = b"data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":1}}\n\n";
         assert!(matches!(f.feed(bad), Err(FilterError::Malformed(_))));
         // Non-JSON data passes.
-        let mut f = SseToolsFilter::new(vec![Id::from(2i64)], no_delete);
+        let mut f = SseAnswerFilter::new(Tools(no_delete));
         assert_eq!(&f.feed(b"data: ping\n\n").unwrap()[..], b"data: ping\n\n");
     }
 }
 
 #[cfg(test)]
 mod props {
+    use super::tests::Tools;
     use super::*;
     use proptest::prelude::*;
     use serde_json::{Value, json};
@@ -788,7 +988,7 @@ mod props {
             .prop_map(|(name, desc)| json!({"name": name, "description": desc, "inputSchema": {"type":"object"}}))
     }
 
-    /// A stream of SSE events: tools/list answers (single or multi-line data, id 2 or not),
+    /// A stream of SSE events: tools/list answers (single or multi-line data, any id),
     /// notifications, priming events, comments; with mixed line terminators.
     fn stream() -> impl Strategy<Value = Vec<u8>> {
         let term = prop_oneof![Just("\n"), Just("\r\n"), Just("\r")];
@@ -829,7 +1029,7 @@ mod props {
     }
 
     fn run(input: &[u8], cuts: &[usize]) -> Result<Vec<u8>, FilterError> {
-        let mut f = SseToolsFilter::new(vec![Id::from(2i64)], allow);
+        let mut f = SseAnswerFilter::new(Tools(allow));
         let mut out = Vec::new();
         let mut at = 0;
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
@@ -868,7 +1068,7 @@ mod props {
         }
 
         #[test]
-        fn tracked_answers_lose_denied_tools_only(input in stream()) {
+        fn answers_lose_denied_tools_only(input in stream()) {
             let out = run(&input, &[]).unwrap();
             let before = client_view(&input);
             let after = client_view(&out);
@@ -878,7 +1078,7 @@ mod props {
                     prop_assert_eq!(b, a);
                     continue;
                 };
-                if b["id"] == json!(2) {
+                if b.get("result").is_some() {
                     let mut expect = b.clone();
                     if let Some(tools) = expect["result"]["tools"].as_array_mut() {
                         tools.retain(|t| t["name"].as_str().is_some_and(allow));
@@ -893,19 +1093,19 @@ mod props {
         #[test]
         fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..1024), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
             let _ = run(&input, &cuts);
-            let _ = filter_json(&Bytes::from(input), &[Id::from(2i64)], allow);
+            let _ = filter_json(&Bytes::from(input), &Tools(allow));
         }
 
         #[test]
         fn jsonish_never_panics(s in "[\\[\\]{}\",:0-9a-z\\\\ ]{0,200}") {
-            let _ = filter_json(&Bytes::from(s.clone()), &[Id::from(2i64)], allow);
+            let _ = filter_json(&Bytes::from(s.clone()), &Tools(allow));
             let _ = run(format!("data: {s}\n\n").as_bytes(), &[]);
         }
     }
 
     #[test]
-    fn any_id_mode_filters_every_tools_answer_and_nothing_else() {
-        let mut f = SseToolsFilter::any_id(|t: &str| t == "ok");
+    fn every_tools_answer_is_filtered_and_nothing_else() {
+        let mut f = SseAnswerFilter::new(Tools(|t: &str| t == "ok"));
         let input = concat!(
             "id: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"x\",\"result\":{\"tools\":[{\"name\":\"ok\"},{\"name\":\"no\"}]}}\n\n",
             "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[]}}\n\n",

@@ -747,6 +747,7 @@ mod props {
                 method: Some("tools/call".into()),
                 tool_name: Some("x".into()),
                 resource_uri: None,
+                subscriptions: Vec::new(),
             };
             let _ = check_consistency(&h, &m, ProtocolVersion::V2026_07_28);
         }

@@ -4,8 +4,8 @@
 //!   about anything that could make the proxy and the backend read different requests).
 //! - [`headers`]: `MCP-Protocol-Version`, and the 2026-07-28 `Mcp-Method` / `Mcp-Name` /
 //!   `Mcp-Param-*` headers, checked against the body.
-//! - [`filter`]: rewrites `tools/list` answers (JSON or SSE) so a principal sees only the
-//!   tools it may call.
+//! - [`filter`]: rewrites list answers (JSON or SSE) so a principal sees only the tools and
+//!   resources it may use, and drops resource updates outside its namespaces.
 //!
 //! None of this is wired into the request path by itself; the proxy calls it.
 //!
@@ -20,15 +20,15 @@
 //! | anything else well-formed | — | 400 with -32022 and `data.supported` |
 //! | malformed | — | 400 with -32600 |
 //!
-//! In every era decisions use the body, never the headers; `tools/list` answers are filtered
-//! in every era.
+//! In every era decisions use the body, never the headers; list answers are filtered in every
+//! era.
 
 pub mod envelope;
 pub mod filter;
 pub mod headers;
 
 pub use envelope::{Envelope, EnvelopeError, Id, Message, MessageKind, parse, read_capped};
-pub use filter::{FilterError, SseToolsFilter, filter_json};
+pub use filter::{FilterError, SseAnswerFilter, Visibility, filter_json};
 pub use headers::{
     McpHeaderError, ProtocolVersion, check_consistency, json_rpc_error_body, json_rpc_error_for,
     protocol_version,

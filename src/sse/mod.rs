@@ -17,6 +17,7 @@
 pub mod legacy;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::http::BoxError;
-use crate::mcp::SseToolsFilter;
+use crate::mcp::SseAnswerFilter;
+use crate::mcp::filter::Visibility;
 use crate::telemetry::{AccessLog, Outcome};
 use legacy::EndpointRewriter;
 
@@ -42,19 +44,20 @@ pub struct SseOptions {
     pub stop: WaitForCancellationFutureOwned,
     /// Rewrites legacy `endpoint` events, on legacy HTTP+SSE routes.
     pub rewriter: Option<EndpointRewriter>,
-    /// Removes tools the principal may not call from `tools/list` answers.
-    pub tools_filter: Option<ToolsFilter>,
+    /// Removes from answers the tools and resources the principal may not use, and drops
+    /// resource updates outside its namespaces.
+    pub answer_filter: Option<AnswerFilter>,
 }
 
-/// The `tools/list` filter of one stream, with the principal's grants inside its predicate.
-pub type ToolsFilter = SseToolsFilter<Box<dyn Fn(&str) -> bool + Send + Sync>>;
+/// The answer filter of one stream, over the principal's grants.
+pub type AnswerFilter = SseAnswerFilter<Arc<dyn Visibility + Send + Sync>>;
 
 struct SseState {
     heartbeat_interval: Duration,
     heartbeat: Pin<Box<Sleep>>,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     rewriter: Option<EndpointRewriter>,
-    tools_filter: Option<ToolsFilter>,
+    answer_filter: Option<AnswerFilter>,
     tail: Tail,
 }
 
@@ -109,7 +112,7 @@ impl SseState {
             .as_mut()
             .map(EndpointRewriter::finish)
             .unwrap_or_default();
-        let Some(f) = &mut self.tools_filter else {
+        let Some(f) = &mut self.answer_filter else {
             return Ok(rest);
         };
         let mut out = f.feed(&rest)?.to_vec();
@@ -142,7 +145,7 @@ impl RelayBody {
             heartbeat: Box::pin(tokio::time::sleep(o.heartbeat_interval)),
             stop: Box::pin(o.stop),
             rewriter: o.rewriter,
-            tools_filter: o.tools_filter,
+            answer_filter: o.answer_filter,
             tail: Tail::EventBoundary,
         });
         RelayBody {
@@ -217,12 +220,12 @@ impl HttpBody for RelayBody {
                         },
                         None => data,
                     };
-                    let out = match &mut s.tools_filter {
+                    let out = match &mut s.answer_filter {
                         Some(f) => match f.feed(&out) {
                             Ok(out) => out,
                             Err(e) => {
-                                // Passing the answer on unfiltered would show forbidden tools.
-                                tracing::warn!(request_id = %this.log.request_id(), error = %e, "ending SSE stream: tools/list answer cannot be filtered");
+                                // Passing the answer on unfiltered would show forbidden tools or resources.
+                                tracing::warn!(request_id = %this.log.request_id(), error = %e, "ending SSE stream: list answer cannot be filtered");
                                 return this.finish(Outcome::UpstreamError);
                             }
                         },
