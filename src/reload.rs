@@ -30,6 +30,8 @@ use crate::certs::{CertError, LoadedCert};
 use crate::config::{Config, ConfigError};
 use crate::proxy::{Gateway, Proxy};
 
+mod links;
+
 /// Why a reload was refused (the previous state stays in service).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -469,9 +471,95 @@ fn fixed_at_start(started: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
-/// Watches the parent directory of every TLS file (which catches in-place writes, renames,
-/// certbot re-linking and Kubernetes `..data` swaps alike), debounces, and reloads; also
-/// reloads every `rescan` in case an event was missed. Stops when `stop` fires.
+/// A debouncer over the platform's file watcher.
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+/// Identity of a directory (device, inode): a directory deleted and created again under the
+/// same name is a new one, and the kernel dropped the watch on the old one.
+#[cfg(unix)]
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Without inode numbers, a directory is identified by its existence only.
+#[cfg(not(unix))]
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    dir.is_dir().then_some((0, 0))
+}
+
+/// What the watcher watches, kept in step with the link chains of the TLS files.
+#[derive(Default)]
+struct Watches {
+    /// Every directory asked for, with its identity then and whether the watch was taken.
+    dirs: std::collections::HashMap<PathBuf, (Option<(u64, u64)>, bool)>,
+    /// Broken link chains already logged (file, problem), so each is logged once.
+    reported: std::collections::HashSet<(PathBuf, String)>,
+}
+
+impl Watches {
+    /// Re-resolves the link chain of every file and brings the watches in line: new
+    /// directories watched, ones no longer on any chain unwatched, and a directory that was
+    /// replaced (or that an event named itself, e.g. deleted) watched again. Called before
+    /// each reload, so a change made after the new watch is in place raises an event and one
+    /// made before it is seen by the reload that follows.
+    fn refresh(&mut self, d: &mut Debouncer, files: &[PathBuf], touched: &[PathBuf]) {
+        use notify::RecursiveMode;
+        let mut wanted = std::collections::BTreeSet::new();
+        let mut problems = std::collections::HashSet::new();
+        for file in files {
+            let chain = links::resolve(file);
+            wanted.extend(chain.dirs);
+            if let Some(broken) = chain.broken {
+                problems.insert((file.clone(), broken.to_string()));
+            }
+        }
+        for (file, problem) in problems.difference(&self.reported) {
+            tracing::warn!(file = %file.display(), problem = %problem, "cannot follow this TLS file's links to the end; watching the directories reached, and the next change there is checked again");
+        }
+        // Forget problems that went away, so a recurrence is logged again.
+        self.reported = problems;
+        self.dirs.retain(|dir, (_, ok)| {
+            let keep = wanted.contains(dir);
+            if !keep && *ok {
+                // Already gone when its directory was deleted: nothing to undo then.
+                let _ = d.unwatch(dir);
+            }
+            keep
+        });
+        for dir in wanted {
+            let id = dir_identity(&dir);
+            let renew = touched.contains(&dir);
+            if let Some((was, ok)) = self.dirs.get(&dir) {
+                if *was == id && !renew {
+                    continue;
+                }
+                if *ok {
+                    let _ = d.unwatch(&dir);
+                }
+            }
+            let ok = match d.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => true,
+                Err(e) => {
+                    // Logged once per directory identity: retried only when it changes.
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on the periodic rescan");
+                    false
+                }
+            };
+            self.dirs.insert(dir, (id, ok));
+        }
+    }
+}
+
+/// Watches every directory that decides what a TLS file opens: the file's own directory and,
+/// when it is reached through links (certbot's `live/` into `archive/`, Kubernetes' `..data`,
+/// any link to a link), the directory of every hop, re-resolved after each change so a
+/// re-pointed link is followed. That catches in-place writes, renames and re-linking alike.
+/// Debounces, and reloads; also reloads every `rescan` in case an event was missed. Stops
+/// when `stop` fires.
 pub fn spawn_watcher(
     reloader: Arc<Reloader>,
     rescan: Duration,
@@ -479,25 +567,31 @@ pub fn spawn_watcher(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // Each batch of change events, as the paths they name.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
         let mut debouncer = if watch {
             match notify_debouncer_full::new_debouncer(
                 Duration::from_millis(500),
                 None,
                 move |res: notify_debouncer_full::DebounceEventResult| {
-                    // inotify reports opens and reads too, including our own reads of these
-                    // files: reacting to them would reload forever. A file closed after
-                    // writing is a change (the debouncer may have folded the write into it).
+                    // inotify reports opens too, including our own reads of these files (and
+                    // of the watched directories): reacting to them would reload forever. A
+                    // file closed after writing is a change (the debouncer may have folded
+                    // the write into it).
                     use notify::event::{AccessKind, AccessMode, EventKind};
-                    let changed = res.is_ok_and(|events| {
-                        events.iter().any(|e| match e.kind {
-                            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                            EventKind::Access(_) => false,
-                            _ => true,
-                        })
-                    });
+                    let Ok(events) = res else { return };
+                    let mut changed = false;
+                    let mut paths = Vec::new();
+                    for e in events.iter().filter(|e| match e.kind {
+                        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                        EventKind::Access(_) => false,
+                        _ => true,
+                    }) {
+                        changed = true;
+                        paths.extend(e.paths.iter().cloned());
+                    }
                     if changed {
-                        let _ = tx.send(());
+                        let _ = tx.send(paths);
                     }
                 },
             ) {
@@ -510,42 +604,38 @@ pub fn spawn_watcher(
         } else {
             None
         };
-        let mut watched: Vec<PathBuf> = Vec::new();
+        let mut watches = Watches::default();
+        let files = |r: &Reloader| {
+            let cfg = r.proxy.gateway().config().clone();
+            let mut f = listener_files(&cfg);
+            f.extend(upstream_files(&cfg));
+            f
+        };
+        if let Some(d) = debouncer.as_mut() {
+            watches.refresh(d, &files(&reloader), &[]);
+        }
         let mut tick = tokio::time::interval(rescan);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            if let Some(d) = debouncer.as_mut() {
-                let cfg = reloader.proxy.gateway().config().clone();
-                let mut dirs: Vec<PathBuf> = listener_files(&cfg)
-                    .into_iter()
-                    .chain(upstream_files(&cfg))
-                    .filter_map(|p| p.parent().map(Path::to_path_buf))
-                    .collect();
-                dirs.sort();
-                dirs.dedup();
-                if dirs != watched {
-                    use notify::RecursiveMode;
-                    for old in &watched {
-                        let _ = d.unwatch(old);
-                    }
-                    for dir in &dirs {
-                        if let Err(e) = d.watch(dir, RecursiveMode::NonRecursive) {
-                            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on the periodic rescan");
-                        }
-                    }
-                    watched = dirs;
-                }
-            }
+            let mut touched = Vec::new();
             tokio::select! {
                 () = stop.cancelled() => break,
-                Some(()) = rx.recv() => {
+                Some(paths) = rx.recv() => {
+                    touched = paths;
                     // Coalesce a burst (cert and key written one after the other).
-                    while rx.try_recv().is_ok() {}
+                    while let Ok(more) = rx.try_recv() {
+                        touched.extend(more);
+                    }
                 }
                 _ = tick.tick() => {}
-                // A config reload may have moved the files: re-evaluate what to watch.
-                () = reloader.applied_signal.notified() => continue,
+                // A config reload may have moved the files: re-evaluate what to watch, then
+                // check for changes made since that reload read them.
+                () = reloader.applied_signal.notified() => {}
+            }
+            // A link may point elsewhere now: watch its new target before reading it.
+            if let Some(d) = debouncer.as_mut() {
+                watches.refresh(d, &files(&reloader), &touched);
             }
             let _ = reloader.reload_tls().await;
         }
