@@ -1,27 +1,28 @@
 //! mcp-edge: an HTTPS zero-trust edge proxy for MCP (Model Context Protocol) servers.
 //!
 //! # Layout
-//! The request path, top to bottom:
-//!
-//! ```text
-//! listener ─▶ tls ─▶ http::server ─▶ proxy: host ─▶ route ─▶ origin ─▶ auth (mTLS, bearer)
-//!     ─▶ endpoint (session) ─▶ mcp (envelope, headers) ─▶ policy ─▶ upstream (pooled client)
-//!     ─▶ sse::RelayBody (heartbeats, tools/list filter) ─▶ client
-//! ```
+//! The request path is described once, in [`proxy`]: named phases (`admit` → `authenticate`
+//! → `pick_endpoint` → `inspect` → `authorize` → `forward` → `respond` → `log`) over one
+//! request context. Start reading there; `docs/architecture.md` maps every behaviour to its
+//! file.
 //!
 //! - [`listener`]: accept loop, connection cap, TLS handshake deadline.
 //! - [`tls`]: rustls server config, SNI certificate resolver.
-//! - [`http`]: hyper connection settings, the proxy's own error answers, header rules.
-//! - [`proxy`]: the per-request pipeline; start here to follow a request.
-//! - [`auth`]: Origin/Host, client certificates, bearer tokens (JWT, JWKS, introspection).
-//! - [`mcp`]: JSON-RPC envelope reader, MCP header rules, `tools/list` filter.
+//! - [`http`]: hyper connection settings, the proxy's own error answers (the one place that
+//!   chooses status codes), header rules, POST media types.
+//! - [`proxy`]: the per-request pipeline and the two transports.
+//! - [`auth`]: the one `Identity` per request and `authenticate`; Origin/Host, client
+//!   certificates, bearer tokens (JWT, JWKS, introspection), upstream identity tokens.
+//! - [`mcp`]: JSON-RPC envelope reader, MCP header rules, answer filter.
 //! - [`policy`]: which methods, tools and resources a principal may use.
-//! - [`upstream`]: upstream client pool, round-robin, session affinity.
-//! - [`sse`]: streamed relay body (heartbeats, idle limit, drain) and legacy endpoint rewriting.
+//! - [`upstream`]: upstream client pool, round-robin, session affinity tags.
+//! - [`sse`]: streamed relay body (heartbeats, idle limit, drain, event transforms) and SSE
+//!   framing.
 //!
 //! Beside the path: [`config`] (typed, validated config), [`certs`] (PEM loading and checks),
 //! [`telemetry`] (logs, access log), [`shutdown`] (drain signals), [`admin`] (health
-//! endpoints), [`app`] (wiring), [`check`] (`mcp-edge check`) and [`demo`] (`mcp-edge demo`).
+//! endpoints), [`app`] (wiring), [`reload`] (live reload), [`check`] (`mcp-edge check`) and
+//! [`demo`] (`mcp-edge demo`).
 // `deny`, not `forbid`: socket activation (src/systemd.rs) adopts inherited file descriptors,
 // which std only offers as `unsafe`; that one spot allows it with a SAFETY note.
 #![deny(unsafe_code)]

@@ -73,11 +73,22 @@ pub struct AccessLog {
     bytes: u64,
     outcome: Option<Outcome>,
     error: Option<&'static str>,
-    audit: Option<(
-        std::sync::Arc<crate::audit::AuditLog>,
-        Vec<crate::audit::AuditEntry>,
-    )>,
+    /// Runs when the record is written (the proxy completes its audit records here).
+    on_end: Option<EndHook>,
 }
+
+/// What a request's end hook learns.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// The upstream's status, when the answer was the upstream's (not a refusal or a 502
+    /// the proxy made itself).
+    pub upstream_status: Option<u16>,
+    /// Time from the start of the request to its end.
+    pub duration: std::time::Duration,
+}
+
+/// A callback run once when the request ends.
+pub type EndHook = Box<dyn FnOnce(Ended) + Send>;
 
 impl AccessLog {
     /// Starts a record for a request.
@@ -101,20 +112,13 @@ impl AccessLog {
             bytes: 0,
             outcome: None,
             error: None,
-            audit: None,
+            on_end: None,
         }
     }
 
-    /// Audit entries of the calls this request forwards, completed (upstream status,
-    /// duration) and written when the request ends.
-    pub fn set_audit(
-        &mut self,
-        log: std::sync::Arc<crate::audit::AuditLog>,
-        entries: Vec<crate::audit::AuditEntry>,
-    ) {
-        if !entries.is_empty() {
-            self.audit = Some((log, entries));
-        }
+    /// Runs `hook` when the request ends, with its final status and duration.
+    pub fn on_end(&mut self, hook: EndHook) {
+        self.on_end = Some(hook);
     }
 
     /// The request id.
@@ -173,15 +177,12 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         // No outcome recorded means hyper dropped the body early: the client left.
         let outcome = self.outcome.unwrap_or(Outcome::ClientClosed);
-        if let Some((log, entries)) = self.audit.take() {
+        if let Some(hook) = self.on_end.take() {
             // A status the proxy made itself (502, 504, …) is not the upstream's.
-            let upstream_status = (self.error.is_none() && self.status != 0).then_some(self.status);
-            let duration_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-            for mut e in entries {
-                e.upstream_status = upstream_status;
-                e.duration_ms = duration_ms;
-                log.try_record(e);
-            }
+            hook(Ended {
+                upstream_status: (self.error.is_none() && self.status != 0).then_some(self.status),
+                duration: self.start.elapsed(),
+            });
         }
         tracing::info!(
             target: "access",

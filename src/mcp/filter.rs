@@ -37,7 +37,7 @@ use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
 
 use super::envelope::{Params, RawMessage, Scalar, exceeds_depth};
-use crate::sse::legacy::{lines, scan_event_end, split_field};
+use crate::sse::frame::{lines, scan_event_end, split_field};
 
 /// Default cap on one SSE event held while waiting for its end (a big `tools/list` page with
 /// rich schemas fits comfortably).

@@ -8,16 +8,18 @@
 //! - ends the stream after `idle_timeout` of upstream silence (heartbeats do not count);
 //! - ends the stream cleanly if the upstream fails mid-stream, so the client sees a closed
 //!   stream it can resume with `Last-Event-ID` rather than a hung or corrupt one;
-//! - ends the stream when its shutdown signal fires.
+//! - ends the stream when its shutdown signal fires;
+//! - passes the bytes through the stream's [`EventTransform`]s in order (the legacy endpoint
+//!   rewrite, the answer filter), ending the stream cleanly when one cannot go on: passing an
+//!   event through untransformed could leak a backend address or a hidden tool.
 //!
 //! Non-SSE bodies are passed through untouched; an upstream failure or an upstream that stalls
 //! for `body_idle_timeout` aborts them, so a client can never take a truncated JSON answer for
 //! a complete one, and a stalled backend cannot hold a request open forever.
 
-pub mod legacy;
+pub mod frame;
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -28,10 +30,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::http::BoxError;
-use crate::mcp::SseAnswerFilter;
-use crate::mcp::filter::Visibility;
 use crate::telemetry::{AccessLog, Outcome};
-use legacy::EndpointRewriter;
 
 const HEARTBEAT_AT_EVENT_BOUNDARY: &[u8] = b": keep-alive\n\n";
 const HEARTBEAT_IN_EVENT: &[u8] = b": keep-alive\n";
@@ -42,22 +41,26 @@ pub struct SseOptions {
     pub heartbeat_interval: Duration,
     /// Fires when this stream must end for shutdown.
     pub stop: WaitForCancellationFutureOwned,
-    /// Rewrites legacy `endpoint` events, on legacy HTTP+SSE routes.
-    pub rewriter: Option<EndpointRewriter>,
-    /// Removes from answers the tools and resources the principal may not use, and drops
-    /// resource updates outside its namespaces.
-    pub answer_filter: Option<AnswerFilter>,
+    /// Rewrites applied to the events, in order.
+    pub transforms: Vec<Box<dyn EventTransform>>,
 }
 
-/// The answer filter of one stream, over the principal's grants.
-pub type AnswerFilter = SseAnswerFilter<Arc<dyn Visibility + Send + Sync>>;
+/// A rewrite of an event stream, fed the upstream's bytes in order. It may hold back an
+/// incomplete event until its end arrives.
+pub trait EventTransform: Send {
+    /// Takes upstream bytes, returns what can be sent on now.
+    fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, BoxError>;
+    /// The upstream ended: what is still held back and complete.
+    fn finish(&mut self) -> Result<Bytes, BoxError>;
+    /// What the transform does, for the log line when it has to end the stream.
+    fn name(&self) -> &'static str;
+}
 
 struct SseState {
     heartbeat_interval: Duration,
     heartbeat: Pin<Box<Sleep>>,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
-    rewriter: Option<EndpointRewriter>,
-    answer_filter: Option<AnswerFilter>,
+    transforms: Vec<Box<dyn EventTransform>>,
     tail: Tail,
 }
 
@@ -104,19 +107,31 @@ impl Tail {
 }
 
 impl SseState {
-    /// The last complete event held back by the rewriter and the filter, once the upstream
-    /// has ended.
-    fn finish_tail(&mut self) -> Result<Bytes, crate::mcp::FilterError> {
-        let rest = self
-            .rewriter
-            .as_mut()
-            .map(EndpointRewriter::finish)
-            .unwrap_or_default();
-        let Some(f) = &mut self.answer_filter else {
-            return Ok(rest);
-        };
-        let mut out = f.feed(&rest)?.to_vec();
-        out.extend_from_slice(&f.finish()?);
+    /// `data` through every transform.
+    fn feed(&mut self, data: Bytes) -> Result<Bytes, (&'static str, BoxError)> {
+        let mut out = data;
+        for t in &mut self.transforms {
+            if out.is_empty() {
+                break;
+            }
+            out = t.feed(&out).map_err(|e| (t.name(), e))?;
+        }
+        Ok(out)
+    }
+
+    /// What the transforms still hold, once the upstream has ended: each one's tail passes
+    /// through the ones after it.
+    fn finish_tail(&mut self) -> Result<Bytes, (&'static str, BoxError)> {
+        let mut out = Vec::new();
+        for t in &mut self.transforms {
+            let mut next = if out.is_empty() {
+                Vec::new()
+            } else {
+                t.feed(&out).map_err(|e| (t.name(), e))?.to_vec()
+            };
+            next.extend_from_slice(&t.finish().map_err(|e| (t.name(), e))?);
+            out = next;
+        }
         Ok(Bytes::from(out))
     }
 }
@@ -144,8 +159,7 @@ impl RelayBody {
             heartbeat_interval: o.heartbeat_interval,
             heartbeat: Box::pin(tokio::time::sleep(o.heartbeat_interval)),
             stop: Box::pin(o.stop),
-            rewriter: o.rewriter,
-            answer_filter: o.answer_filter,
+            transforms: o.transforms,
             tail: Tail::EventBoundary,
         });
         RelayBody {
@@ -210,26 +224,12 @@ impl HttpBody for RelayBody {
                         return this.emit(data);
                     };
                     s.heartbeat.as_mut().reset(now + s.heartbeat_interval);
-                    let out = match &mut s.rewriter {
-                        Some(r) => match r.feed(&data) {
-                            Ok(out) => out,
-                            Err(e) => {
-                                tracing::warn!(request_id = %this.log.request_id(), error = %e, "ending legacy SSE stream");
-                                return this.finish(Outcome::UpstreamError);
-                            }
-                        },
-                        None => data,
-                    };
-                    let out = match &mut s.answer_filter {
-                        Some(f) => match f.feed(&out) {
-                            Ok(out) => out,
-                            Err(e) => {
-                                // Passing the answer on unfiltered would show forbidden tools or resources.
-                                tracing::warn!(request_id = %this.log.request_id(), error = %e, "ending SSE stream: list answer cannot be filtered");
-                                return this.finish(Outcome::UpstreamError);
-                            }
-                        },
-                        None => out,
+                    let out = match s.feed(data) {
+                        Ok(out) => out,
+                        Err((step, e)) => {
+                            tracing::warn!(request_id = %this.log.request_id(), step, error = %e, "ending SSE stream");
+                            return this.finish(Outcome::UpstreamError);
+                        }
                     };
                     if out.is_empty() {
                         continue;
@@ -252,8 +252,8 @@ impl HttpBody for RelayBody {
                 Poll::Ready(None) => {
                     let rest = match this.sse.as_mut().map(SseState::finish_tail) {
                         Some(Ok(rest)) => rest,
-                        Some(Err(e)) => {
-                            tracing::warn!(request_id = %this.log.request_id(), error = %e, "dropping the last SSE event: tools/list answer cannot be filtered");
+                        Some(Err((step, e))) => {
+                            tracing::warn!(request_id = %this.log.request_id(), step, error = %e, "dropping the last SSE event");
                             Bytes::new()
                         }
                         None => Bytes::new(),

@@ -1,16 +1,114 @@
-//! Legacy HTTP+SSE transport (2024-11-05): the backend's first event, `endpoint`, tells the
-//! client where to POST its messages. That URI names the backend, so the proxy replaces it
-//! with `<public route path>?sessionId=<proxy token>`. The token is sealed by the proxy (see
-//! [`crate::session`]): it carries the backend URI and the principal, encrypted, so any
-//! instance sharing the session key relays POSTs carrying it, and only for that principal.
-//! Whether the session is still alive is the backend's business: it answers 404 for a
-//! closed one. [`LegacySessions`] only counts the streams open on this instance.
+//! Legacy HTTP+SSE transport (2024-11-05), all of it: retiring the transport means deleting
+//! this file and its arms in [`super::transport`].
+//!
+//! The backend's first event, `endpoint`, tells the client where to POST its messages. That
+//! URI names the backend, so the proxy replaces it with `<public route path>?sessionId=<proxy
+//! token>`. The token is sealed by the proxy (see [`crate::session`]): it carries the backend
+//! URI and the principal, encrypted, so any instance sharing the session key relays POSTs
+//! carrying it, and only for that principal. Whether the session is still alive is the
+//! backend's business: it answers 404 for a closed one. [`LegacySessions`] only counts the
+//! streams open on this instance.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use http::Uri;
+
+use super::gateway::{Gateway, RouteState};
+use super::transport::{Target, with_query};
+use crate::http::BoxError;
+use crate::http::error::ProxyError;
+use crate::session::{LegacyClaims, PrincipalHash};
+use crate::sse::EventTransform;
+use crate::sse::frame::{event_end, event_end_at_eof, lines, split_field};
+
+/// A GET opens a stream on the next endpoint round-robin; a POST goes to the endpoint and
+/// message URI its sealed `sessionId` names (unknown when it does not open, is another
+/// principal's, has expired, or names an endpoint this route does not have).
+pub(crate) fn pick_endpoint(
+    gw: &Gateway,
+    route: &RouteState,
+    method: &http::Method,
+    parts: &http::request::Parts,
+    binding: &PrincipalHash,
+) -> Result<Target, ProxyError> {
+    let ups = &route.upstreams;
+    if *method == http::Method::GET {
+        let endpoint = ups.pick();
+        let uri = with_query(&ups.endpoints()[endpoint].uri, parts.uri.query())?;
+        return Ok(Target {
+            endpoint,
+            uri,
+            session: None,
+        });
+    }
+    let token = parts
+        .uri
+        .query()
+        .and_then(|q| query_param(q, "sessionId"))
+        .ok_or(ProxyError::BadRequest("missing sessionId query parameter"))?;
+    let claims = gw
+        .sealer
+        .open_legacy(token)
+        .map_err(|_| ProxyError::UnknownSession)?;
+    if !claims.principal.matches(binding) {
+        tracing::info!(route = %route.path, "legacy session id presented by another principal");
+        return Err(ProxyError::UnknownSession);
+    }
+    if claims.expired(gw.config.sessions.max_lifetime) {
+        tracing::info!(route = %route.path, "legacy session id past sessions.max_lifetime");
+        return Err(ProxyError::UnknownSession);
+    }
+    // The tag must name one of this route's endpoints, so a token from another route (or from
+    // before a config change) is unknown here.
+    let endpoint = ups
+        .by_tag(&claims.endpoint_tag)
+        .ok_or(ProxyError::UnknownSession)?;
+    let uri: Uri = claims
+        .message_uri
+        .parse()
+        .map_err(|_| ProxyError::UnknownSession)?;
+    if uri.authority() != ups.endpoints()[endpoint].uri.authority() {
+        return Err(ProxyError::UnknownSession);
+    }
+    Ok(Target {
+        endpoint,
+        uri,
+        session: None,
+    })
+}
+
+/// The rewriter of a stream opened by a GET on `route`, sealing announced URIs for `binding`.
+pub(crate) fn rewriter(
+    gw: &Gateway,
+    sessions: Arc<LegacySessions>,
+    route: &RouteState,
+    target: &Target,
+    binding: PrincipalHash,
+) -> EndpointRewriter {
+    let sealer = gw.sealer.clone();
+    let endpoint = &route.upstreams.endpoints()[target.endpoint];
+    let tag = endpoint.tag;
+    EndpointRewriter::new(
+        sessions,
+        route.path.clone(),
+        target.endpoint,
+        endpoint.uri.clone(),
+        Box::new(move |uri: &str| {
+            sealer
+                .seal_legacy(&LegacyClaims::new(tag, uri, binding))
+                .ok()
+        }),
+    )
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then_some(v)
+    })
+}
 
 /// Largest incomplete event the rewriter holds while waiting for its end.
 pub const MAX_PENDING_EVENT: usize = 64 * 1024;
@@ -215,62 +313,21 @@ impl EndpointRewriter {
     }
 }
 
+impl EventTransform for EndpointRewriter {
+    fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, BoxError> {
+        EndpointRewriter::feed(self, chunk).map_err(Into::into)
+    }
+    fn finish(&mut self) -> Result<Bytes, BoxError> {
+        Ok(EndpointRewriter::finish(self))
+    }
+    fn name(&self) -> &'static str {
+        "legacy endpoint rewrite"
+    }
+}
+
 impl Drop for EndpointRewriter {
     fn drop(&mut self) {
         self.sessions.lock().remove(&self.token);
-    }
-}
-
-/// Index just past the blank line ending the first complete event, if any.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    scan_event_end(buf, false)
-}
-
-/// Like [`event_end`], once no more bytes will come: a final CR is a whole line end.
-fn event_end_at_eof(buf: &[u8]) -> Option<usize> {
-    scan_event_end(buf, true)
-}
-
-pub(crate) fn scan_event_end(buf: &[u8], eof: bool) -> Option<usize> {
-    let mut i = 0;
-    let mut line_start = 0;
-    while i < buf.len() {
-        let b = buf[i];
-        if b == b'\n' || b == b'\r' {
-            // A CR at the very end may be the first half of CRLF: wait for more.
-            if b == b'\r' && i + 1 == buf.len() && !eof {
-                return None;
-            }
-            let next = if b == b'\r' && buf.get(i + 1) == Some(&b'\n') {
-                i + 2
-            } else {
-                i + 1
-            };
-            if i == line_start {
-                return Some(next);
-            }
-            line_start = next;
-            i = next;
-        } else {
-            i += 1;
-        }
-    }
-    None
-}
-
-pub(crate) fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
-    event
-        .split(|&b| b == b'\n' || b == b'\r')
-        .filter(|l| !l.is_empty())
-}
-
-pub(crate) fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
-    match line.iter().position(|&b| b == b':') {
-        Some(i) => {
-            let value = &line[i + 1..];
-            (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
-        }
-        None => (line, &[]),
     }
 }
 

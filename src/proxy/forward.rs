@@ -1,0 +1,109 @@
+//! Phase `forward`: the upstream request. Hop-by-hop and forwarding headers are replaced by
+//! the proxy's own view, the client's credentials stop here (the backend gets the identity
+//! the proxy proved, as headers and, where the route asks, a token the proxy signs), and the
+//! request goes to the chosen endpoint.
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::ctx::RequestCtx;
+use super::gateway::{Gateway, RouteState};
+use super::transport::Target;
+use crate::auth::Identity;
+use crate::auth::upstream_token::UpstreamIdentity;
+use crate::http::Body;
+use crate::http::error::ProxyError;
+use crate::http::headers::{self, X_REQUEST_ID};
+use crate::upstream::SendError;
+
+/// Rewrites the request head for the upstream and sends it.
+pub(crate) async fn forward(
+    gw: &Gateway,
+    route: &RouteState,
+    ctx: &mut RequestCtx<'_>,
+    mut parts: http::request::Parts,
+    target: &Target,
+    body: Body,
+) -> Result<Response<Incoming>, ProxyError> {
+    let endpoint = &route.upstreams.endpoints()[target.endpoint];
+    ctx.log.set_upstream(&endpoint.uri);
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    headers::set_forwarded(h, ctx.conn.peer.ip(), ctx.forwarded_host.as_ref());
+    headers::sanitize_traceparent(h);
+    // The proxy is the Origin check; SDK backends bound to loopback refuse any Origin.
+    if !route.config.origins.forward {
+        h.remove(header::ORIGIN);
+    }
+    if ctx.method == Method::POST {
+        crate::http::media::normalise_json_body(h);
+    }
+    h.insert(header::HOST, endpoint.host.clone());
+    h.remove(header::AUTHORIZATION);
+    set_identity_headers(h, &gw.config.auth.identity_header_prefix, &ctx.identity);
+    h.insert(X_REQUEST_ID, ctx.log.request_id_header().clone());
+    if let (Some(aud), Some(signer)) = (&route.config.upstream_token_audience, &gw.signer) {
+        let rid = ctx.request_id().to_owned();
+        let identity = UpstreamIdentity::new(
+            ctx.identity.claims.as_ref(),
+            ctx.identity.cert.as_deref(),
+            ctx.identity.organisation.as_deref(),
+            &rid,
+        );
+        // Without its token the backend would see an unauthenticated call: fail closed.
+        let token = signer.sign(aud, &identity).map_err(|e| {
+            tracing::error!(request_id = %rid, error = %e, "cannot sign the upstream token");
+            ProxyError::UpstreamToken
+        })?;
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ProxyError::UpstreamToken)?;
+        h.insert(header::AUTHORIZATION, value);
+    }
+    // Compressed SSE would be buffered by the compressor; upstream hops are internal anyway.
+    h.remove(header::ACCEPT_ENCODING);
+    parts.uri = target.uri.clone();
+    parts.version = http::Version::HTTP_11;
+    let limit = gw.config.http.max_request_body_bytes;
+    route
+        .upstreams
+        .send(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| match e {
+            SendError::Timeout => ProxyError::UpstreamTimeout,
+            SendError::Unavailable => ProxyError::UpstreamUnavailable,
+            SendError::BodyTooLarge => ProxyError::BodyTooLarge { limit },
+        })
+}
+
+/// Replaces every client-sent header with the identity prefix (or one a backend could fold
+/// into it) by what the proxy proved.
+fn set_identity_headers(h: &mut http::HeaderMap, prefix: &str, identity: &Identity) {
+    headers::strip_lookalikes(h, prefix);
+    let mut put = |suffix: &str, value: &str| {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(name, value);
+        }
+    };
+    if let Some(c) = &identity.claims {
+        put("issuer", &c.issuer);
+        if let Some(sub) = &c.subject {
+            put("subject", sub);
+        }
+        if let Some(client) = &c.client_id {
+            put("client-id", client);
+        }
+        let scopes: Vec<&str> = c.scopes.iter().map(String::as_str).collect();
+        put("scopes", &scopes.join(" "));
+    }
+    if let Some(id) = &identity.cert {
+        put("cert-subject", &id.subject);
+        if let Some(uri) = id.uris.first() {
+            put("cert-uri", uri);
+        }
+        put("cert-sha256", &id.sha256_hex);
+    }
+}

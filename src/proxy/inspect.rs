@@ -1,0 +1,80 @@
+//! Phase `inspect`: GET and DELETE must carry no body; a POST must declare UTF-8 JSON without
+//! encoding, and its body is read whole (capped, within `http.header_read_timeout`) and
+//! parsed as the JSON-RPC envelope of the request's protocol version; in the 2026-07-28 era
+//! its `Mcp-Method` / `Mcp-Name` headers are checked against it. The decision and the backend
+//! see the same bytes. GET and DELETE carry no JSON-RPC body and stream through, capped.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::ctx::RequestCtx;
+use super::gateway::{Gateway, RouteState};
+use crate::http::Body;
+use crate::http::error::ProxyError;
+use crate::mcp::{self, Envelope};
+
+/// What `inspect` found.
+pub(crate) struct Inspected {
+    /// The body to forward.
+    pub(crate) body: Body,
+    /// The JSON-RPC messages of a POST.
+    pub(crate) envelope: Option<Envelope>,
+    /// SHA-256 of a POST body, for the audit log (only computed when it is on).
+    pub(crate) digest: Option<[u8; 32]>,
+}
+
+/// Reads and checks the body of a request to `route`.
+pub(crate) async fn inspect(
+    gw: &Gateway,
+    route: &RouteState,
+    ctx: &mut RequestCtx<'_>,
+    headers: &http::HeaderMap,
+    body: Incoming,
+    digest: bool,
+) -> Result<Inspected, ProxyError> {
+    let cap = usize::try_from(gw.config.http.max_request_body_bytes).unwrap_or(usize::MAX);
+    if ctx.method != Method::POST {
+        // GET and DELETE carry no JSON-RPC body, so nothing in one would be inspected: refuse
+        // it rather than relay bytes the policy never saw.
+        if !http_body::Body::is_end_stream(&body) {
+            return Err(ProxyError::BadRequest(
+                "GET and DELETE requests carry no body",
+            ));
+        }
+        return Ok(Inspected {
+            body: Limited::new(body, cap).boxed_unsync(),
+            envelope: None,
+            digest: None,
+        });
+    }
+    // The body is inspected as UTF-8 JSON: a declared charset or encoding would make the
+    // backend decode other bytes than the ones the policy saw.
+    crate::http::media::check_json_body(headers)?;
+    let transport = route.config.transport;
+    let version = transport.protocol_version(headers)?;
+    // A client that trickles its body is cut off like one that trickles its head.
+    let bytes: Bytes = tokio::time::timeout(
+        gw.config.http.header_read_timeout,
+        mcp::read_capped(body, cap),
+    )
+    .await
+    .map_err(|_| ProxyError::BodyTimeout)??;
+    let envelope = mcp::envelope::parse_for(&bytes, version)?;
+    if let Some(m) = envelope.messages().iter().find_map(|m| m.method.as_deref())
+        && let Ok(v) = HeaderValue::from_str(m)
+    {
+        ctx.log.set_mcp_method(Some(&v));
+    }
+    if transport.checks_mcp_headers() {
+        for m in envelope.messages() {
+            mcp::check_consistency(headers, m, version)?;
+        }
+    }
+    Ok(Inspected {
+        digest: digest.then(|| crate::audit::args_digest(&bytes)),
+        body: crate::http::full(bytes),
+        envelope: Some(envelope),
+    })
+}

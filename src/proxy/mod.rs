@@ -1,0 +1,234 @@
+//! The request path: every request passes the same named phases, in order, over one
+//! [`RequestCtx`](ctx::RequestCtx). This is the one description of the pipeline; the rest of
+//! the documentation links here.
+//!
+//! ```text
+//!            ┌──────────────────────────── RequestCtx ───────────────────────────────┐
+//!            │ access log · CORS origin · validated host · Identity · audit records  │
+//!            └───────────────────────────────────────────────────────────────────────┘
+//! request ─▶ admit ─▶ authenticate ─▶ pick_endpoint ─▶ inspect ─▶ authorize ─▶ forward ─▶ respond ─▶ log
+//!              │            │               │              │           │           │          │        │
+//!           route       Identity         Target       Inspected   Authorized   upstream    Reply   access +
+//!                                                                               answer              audit lines
+//! ```
+//!
+//! | phase | file | what it does | refuses with |
+//! |---|---|---|---|
+//! | `admit` | [`admit`] | Host (one, agreeing with the authority, in `allowed_hosts`); OAuth metadata documents; route; Origin and CORS preflights; method; declared body size | 400, 403, 404, 405, 413 |
+//! | `authenticate` | [`crate::auth::identity`] | client certificate, bearer token (JWT or introspection), certificate binding, route scopes → one [`Identity`](crate::auth::Identity) | 400, 401, 403, 503 |
+//! | `pick_endpoint` | [`transport`], [`streamable`], [`legacy`] | the endpoint of the sealed, principal-bound, unexpired session the request names, else round-robin | 400, 404 |
+//! | `inspect` | [`inspect`] | no body on GET/DELETE; POST media type (UTF-8 JSON, unencoded); POST bodies read whole (capped, timed) and parsed as JSON-RPC; `MCP-Protocol-Version`; `Mcp-Method`/`Mcp-Name` against the body | 400, 408, 413, 415 |
+//! | `authorize` | [`authorize`] | route policy per message (methods, scopes, tools, resources); audit records | 403 |
+//! | `forward` | [`forward`] | upstream headers (forwarding, identity, no client credentials), the signed upstream token, send | 500, 502, 504 |
+//! | `respond` | [`respond`] | session id sealed; list answers filtered; event streams set up (heartbeats, idle limit, stop signal, legacy rewrite, answer filter) | 502 |
+//! | `log` | [`Proxy::handle`] | the access-log line and the audit lines, when the answer has ended | — |
+//!
+//! Every refusal is a [`ProxyError`]: phases return their own error types and `?` turns them
+//! into it; [`crate::http::error`] is the one place that chooses status codes.
+
+mod admit;
+mod authorize;
+mod ctx;
+mod forward;
+mod gateway;
+mod inspect;
+pub mod legacy;
+mod respond;
+mod streamable;
+mod transport;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::audit::AuditLog;
+use crate::http::Body;
+use crate::http::error::ProxyError;
+use crate::http::headers::X_REQUEST_ID;
+use crate::shutdown::Shutdown;
+use crate::sse::RelayBody;
+use crate::telemetry::Outcome;
+use admit::Admission;
+use ctx::RequestCtx;
+use legacy::LegacySessions;
+use respond::Reply;
+
+pub use crate::http::error::POLICY_DENIED;
+pub use ctx::ConnInfo;
+pub use gateway::{Gateway, RouteSetupError};
+
+/// The proxy service shared by all connections.
+pub struct Proxy {
+    gateway: ArcSwap<Gateway>,
+    audit: Option<Arc<AuditLog>>,
+    legacy: Arc<LegacySessions>,
+    shutdown: Shutdown,
+}
+
+impl Proxy {
+    /// A proxy serving `gateway` until `shutdown`, recording MCP calls in `audit` if given.
+    pub fn new(gateway: Gateway, shutdown: Shutdown, audit: Option<Arc<AuditLog>>) -> Self {
+        Proxy {
+            gateway: ArcSwap::from_pointee(gateway),
+            audit,
+            legacy: Arc::new(LegacySessions::default()),
+            shutdown,
+        }
+    }
+
+    /// Replaces the snapshot; requests already running keep the one they started with.
+    pub fn swap(&self, gateway: Gateway) {
+        self.gateway.store(Arc::new(gateway));
+    }
+
+    /// The current snapshot.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.load_full()
+    }
+
+    /// Counters of the audit log, when one is configured.
+    pub fn audit_stats(&self) -> Option<crate::audit::AuditStats> {
+        self.audit.as_ref().map(|a| a.stats())
+    }
+
+    /// Number of open legacy HTTP+SSE sessions.
+    pub fn legacy_sessions(&self) -> usize {
+        self.legacy.len()
+    }
+
+    /// Handles one client request; never fails (errors become responses).
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let gw = self.gateway.load_full();
+        let mut ctx = RequestCtx::new(&req, conn);
+        let (parts, body) = req.into_parts();
+        // The body stays here until `inspect` takes it, so a refusal can drain it.
+        let mut body = Some(body);
+        let reply = self.phases(&gw, &mut ctx, parts, &mut body).await;
+        if reply.is_err()
+            && let Some(b) = body.take()
+        {
+            drain_refused_body(b).await;
+        }
+        self.log(ctx, reply)
+    }
+
+    /// The phases, in order (see the module docs).
+    async fn phases(
+        &self,
+        gw: &Gateway,
+        ctx: &mut RequestCtx<'_>,
+        mut parts: http::request::Parts,
+        body: &mut Option<Incoming>,
+    ) -> Result<Reply, ProxyError> {
+        let route = match admit::admit(gw, ctx, &parts)? {
+            Admission::Route(route) => route,
+            Admission::Answer(resp) => return Ok(Reply::Local(resp)),
+        };
+        self.authenticate(gw, route, ctx, &parts).await?;
+        let binding = ctx.identity.session_binding();
+        let method = ctx.method.clone();
+        let target = transport::pick_endpoint(gw, route, &method, &mut parts, &binding)?;
+        let body = body
+            .take()
+            .ok_or(ProxyError::BadRequest("request body already used"))?;
+        let inspected =
+            inspect::inspect(gw, route, ctx, &parts.headers, body, self.audit.is_some()).await?;
+        let authorized = authorize::authorize(
+            gw,
+            route,
+            ctx,
+            inspected.envelope.as_ref(),
+            inspected.digest,
+            self.audit.as_deref(),
+        )?;
+        let resp = forward::forward(gw, route, ctx, parts, &target, inspected.body).await?;
+        respond::respond(self, gw, route, ctx, target, authorized, resp).await
+    }
+
+    /// Phase `authenticate`: who the caller is, as the route demands.
+    async fn authenticate(
+        &self,
+        gw: &Gateway,
+        route: &gateway::RouteState,
+        ctx: &mut RequestCtx<'_>,
+        parts: &http::request::Parts,
+    ) -> Result<(), ProxyError> {
+        let identity = crate::auth::authenticate(
+            &route.config,
+            &gw.issuers,
+            gw.config.auth.organisation_claim.as_deref(),
+            &parts.headers,
+            parts.uri.query(),
+            ctx.conn.client_cert.clone(),
+        )
+        .await
+        .map_err(|e| e.challenged(&gw.config.listener.public_url, &route.config))?;
+        if identity.claims.is_some() || identity.cert.is_some() {
+            ctx.log.set_principal(identity.label());
+        }
+        ctx.identity = identity;
+        Ok(())
+    }
+
+    /// Phase `log`: the access-log record travels with the answer and is written when it
+    /// ends, completing the audit records of the calls it carried.
+    fn log(&self, mut ctx: RequestCtx<'_>, reply: Result<Reply, ProxyError>) -> Response<Body> {
+        if let Some(audit) = self.audit.clone()
+            && !ctx.audit.is_empty()
+        {
+            let mut entries = std::mem::take(&mut ctx.audit);
+            ctx.log.on_end(Box::new(move |ended| {
+                let duration_ms = u64::try_from(ended.duration.as_millis()).unwrap_or(u64::MAX);
+                for mut e in entries.drain(..) {
+                    e.upstream_status = ended.upstream_status;
+                    e.duration_ms = duration_ms;
+                    audit.try_record(e);
+                }
+            }));
+        }
+        let request_id = ctx.log.request_id_header().clone();
+        let mut log = ctx.log;
+        let mut resp = match reply {
+            Ok(Reply::Relayed(resp, idle, sse)) => {
+                log.set_status(resp.status());
+                resp.map(|body| RelayBody::new(body, idle, sse.map(|s| *s), log).boxed_unsync())
+            }
+            Ok(Reply::Local(resp)) => {
+                log.set_status(resp.status());
+                log.set_outcome(Outcome::Complete);
+                resp
+            }
+            Err(e) => {
+                log.set_error(e.kind());
+                log.set_status(e.status());
+                e.into_response()
+            }
+        };
+        resp.headers_mut().insert(X_REQUEST_ID, request_id);
+        if let Some(origin) = ctx.cors {
+            crate::auth::origin::add_cors_headers(resp.headers_mut(), origin);
+        }
+        resp
+    }
+}
+
+/// Most of a refused request's body read (and discarded) before answering.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Longest wait for that body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads a little of the body of a request refused before its body was read. Answering an
+/// HTTP/2 request while its body is still arriving makes hyper reset the stream, and some
+/// clients (curl) then report a framing error instead of the answer; a small body read to the
+/// end avoids that. Anything larger or slower is abandoned: a refusal must stay cheap.
+async fn drain_refused_body(body: Incoming) {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_TIME, Limited::new(body, DRAIN_LIMIT).collect()).await;
+}

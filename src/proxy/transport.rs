@@ -1,0 +1,88 @@
+//! What differs between the two MCP transports, behind one small set of calls: the methods a
+//! route takes, how the protocol version is read, how a request finds its endpoint, and what
+//! an event stream needs besides relaying. Each transport's details live in its own module:
+//! [`super::streamable`] (Streamable HTTP, every era since 2025-03-26) and [`super::legacy`]
+//! (HTTP+SSE, 2024-11-05; deleting that file and its arm here retires it).
+
+use http::{HeaderValue, Method, Uri};
+
+use super::gateway::{Gateway, RouteState};
+use super::{legacy, streamable};
+use crate::config::Transport;
+use crate::http::error::ProxyError;
+use crate::mcp::{McpHeaderError, ProtocolVersion};
+use crate::session::PrincipalHash;
+
+/// Where a request goes upstream.
+pub(crate) struct Target {
+    /// Index of the endpoint in the route's upstreams.
+    pub(crate) endpoint: usize,
+    /// The upstream URI (query included).
+    pub(crate) uri: Uri,
+    /// The backend session id inside the sealed id the client sent, and that sealed id:
+    /// answers naming the same backend session hand the client the same id back, so the id
+    /// (and the issue time `sessions.max_lifetime` counts from) is stable for the session.
+    pub(crate) session: Option<(Vec<u8>, HeaderValue)>,
+}
+
+impl Transport {
+    /// Value of the `Allow` header.
+    pub(crate) fn allow_header(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "GET, POST, DELETE",
+            Transport::Sse => "GET, POST",
+        }
+    }
+
+    /// Whether a route of this transport takes `method`.
+    pub(crate) fn allows(self, method: &Method) -> bool {
+        match self {
+            Transport::StreamableHttp => {
+                matches!(*method, Method::POST | Method::GET | Method::DELETE)
+            }
+            Transport::Sse => matches!(*method, Method::POST | Method::GET),
+        }
+    }
+
+    /// The protocol version a POST is read in. Legacy routes speak 2024-11-05 only.
+    pub(crate) fn protocol_version(
+        self,
+        headers: &http::HeaderMap,
+    ) -> Result<ProtocolVersion, McpHeaderError> {
+        match self {
+            Transport::StreamableHttp => crate::mcp::protocol_version(headers),
+            Transport::Sse => Ok(ProtocolVersion::V2024_11_05),
+        }
+    }
+
+    /// Whether `Mcp-Method` / `Mcp-Name` are checked against the body (2026-07-28 era headers
+    /// exist on Streamable HTTP only).
+    pub(crate) fn checks_mcp_headers(self) -> bool {
+        self == Transport::StreamableHttp
+    }
+}
+
+/// Phase `pick_endpoint`: the endpoint a sealed, principal-bound session names (refused as
+/// unknown when it does not open, is another principal's or has expired), else round-robin.
+pub(crate) fn pick_endpoint(
+    gw: &Gateway,
+    route: &RouteState,
+    method: &Method,
+    parts: &mut http::request::Parts,
+    binding: &PrincipalHash,
+) -> Result<Target, ProxyError> {
+    match route.config.transport {
+        Transport::StreamableHttp => streamable::pick_endpoint(gw, route, parts, binding),
+        Transport::Sse => legacy::pick_endpoint(gw, route, method, parts, binding),
+    }
+}
+
+/// `base` with the client's query string appended.
+pub(crate) fn with_query(base: &Uri, query: Option<&str>) -> Result<Uri, ProxyError> {
+    match query {
+        None => Ok(base.clone()),
+        Some(q) => format!("{base}?{q}")
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid query string")),
+    }
+}
