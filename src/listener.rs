@@ -109,7 +109,9 @@ impl PublicListener {
                 });
                 match server.serve(tls, service, &shutdown, accepted).await {
                     Ok(Closed::Client | Closed::Drained) => {}
-                    Ok(reason) => tracing::debug!(%peer, reason = reason.as_str(), "connection closed"),
+                    Ok(reason) => {
+                        tracing::debug!(%peer, reason = reason.as_str(), "connection closed")
+                    }
                     Err(e) => tracing::debug!(%peer, error = %e, "connection ended with error"),
                 }
             });

@@ -146,7 +146,10 @@ pub struct HttpFile {
     #[serde(default = "defaults::first_request_timeout", with = "humantime_serde")]
     pub first_request_timeout: Duration,
     /// Time a connection with no request in progress is kept open.
-    #[serde(default = "defaults::connection_idle_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "defaults::connection_idle_timeout",
+        with = "humantime_serde"
+    )]
     pub idle_timeout: Duration,
 }
 

@@ -731,8 +731,15 @@ fn max_connections_must_be_positive() {
 
 #[test]
 fn per_ip_default_follows_max_connections() {
-    for (max, per_ip) in [(1, 1), (3, 1), (8, 2), (50, 12), (1000, 250), (1024, 256), (10_000, 256)]
-    {
+    for (max, per_ip) in [
+        (1, 1),
+        (3, 1),
+        (8, 2),
+        (50, 12),
+        (1000, 250),
+        (1024, 256),
+        (10_000, 256),
+    ] {
         let c = ok(&with_listener(&format!("max_connections = {max}")));
         assert_eq!(
             c.listener.max_connections_per_ip, per_ip,
@@ -753,7 +760,10 @@ fn max_connections_per_ip_must_be_positive_and_within_max_connections() {
         "listener.max_connections_per_ip",
         &["at least 1"],
     );
-    assert!(msg.contains("equal to max_connections"), "fix says how to turn it off: {msg}");
+    assert!(
+        msg.contains("equal to max_connections"),
+        "fix says how to turn it off: {msg}"
+    );
     let msg = invalid(
         &with_listener("max_connections = 10\nmax_connections_per_ip = 11"),
         "listener.max_connections_per_ip",
@@ -764,10 +774,7 @@ fn max_connections_per_ip_must_be_positive_and_within_max_connections() {
         &with_listener("max_connections_per_ip = -1"),
         &["max_connections_per_ip"],
     );
-    parse_error(
-        &with_tables("[http]\nidle_timeout = 60"),
-        &["idle_timeout"],
-    );
+    parse_error(&with_tables("[http]\nidle_timeout = 60"), &["idle_timeout"]);
 }
 
 #[test]

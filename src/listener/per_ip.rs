@@ -110,11 +110,17 @@ mod tests {
         let limit = Arc::new(PerIpLimit::new(2));
         let a1 = limit.try_acquire(ip("192.0.2.1")).unwrap();
         let _a2 = limit.try_acquire(ip("192.0.2.1")).unwrap();
-        assert!(limit.try_acquire(ip("192.0.2.1")).is_none(), "third is over the cap");
+        assert!(
+            limit.try_acquire(ip("192.0.2.1")).is_none(),
+            "third is over the cap"
+        );
         let _b = limit.try_acquire(ip("192.0.2.2")).unwrap();
         drop(a1);
         assert_eq!(limit.open_from(ip("192.0.2.1")), 1);
-        assert!(limit.try_acquire(ip("192.0.2.1")).is_some(), "a slot came free");
+        assert!(
+            limit.try_acquire(ip("192.0.2.1")).is_some(),
+            "a slot came free"
+        );
     }
 
     #[test]
@@ -125,7 +131,11 @@ mod tests {
             .collect();
         assert_eq!(limit.addresses(), 50);
         drop(permits);
-        assert_eq!(limit.addresses(), 0, "the map does not keep closed addresses");
+        assert_eq!(
+            limit.addresses(),
+            0,
+            "the map does not keep closed addresses"
+        );
         // A rejected attempt leaves nothing behind either.
         let one = Arc::new(PerIpLimit::new(1));
         let p = one.try_acquire(ip("10.0.0.1")).unwrap();

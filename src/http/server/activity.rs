@@ -65,7 +65,9 @@ impl Activity {
     }
 
     fn end(&self) {
-        let ms = Instant::now().saturating_duration_since(self.origin).as_millis();
+        let ms = Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_millis();
         // Stamp before the count drops: whoever then sees zero in flight also sees the stamp
         // (Release/Acquire), so a just-finished request never looks idle since long ago.
         self.idle_since_ms
@@ -145,12 +147,7 @@ where
         let this = self.project();
         let res = ready!(this.inner.poll(cx));
         let guard = this.guard.take().unwrap_or(RequestGuard(None));
-        Poll::Ready(res.map(|resp| {
-            resp.map(|inner| TrackedBody {
-                inner,
-                guard,
-            })
-        }))
+        Poll::Ready(res.map(|resp| resp.map(|inner| TrackedBody { inner, guard })))
     }
 }
 
