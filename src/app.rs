@@ -215,6 +215,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http: config.http.clone(),
         handshake_timeout: config.listener.handshake_timeout,
         connections: Arc::new(Semaphore::new(config.listener.max_connections)),
+        per_ip: Arc::new(crate::listener::PerIpLimit::new(
+            config.listener.max_connections_per_ip,
+        )),
     };
     tasks.spawn(listener.run(shutdown.clone(), tasks.clone()));
     let admin_stop = CancellationToken::new();

@@ -87,8 +87,11 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
     let _ = writeln!(out, "config {} is valid", path.display());
     let _ = writeln!(
         out,
-        "listener: {} (public URL {}), up to {} connections",
-        cfg.listener.bind, cfg.listener.public_url, cfg.listener.max_connections
+        "listener: {} (public URL {}), up to {} connections, {} per client address",
+        cfg.listener.bind,
+        cfg.listener.public_url,
+        cfg.listener.max_connections,
+        cfg.listener.max_connections_per_ip
     );
     for c in &certs {
         let days = c.info.time_left(now).map_or_else(

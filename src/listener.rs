@@ -1,5 +1,8 @@
-//! Accepts TCP connections, caps how many are open, completes the TLS handshake within its
-//! deadline, and hands each connection to the HTTP server.
+//! Accepts TCP connections, caps how many are open in total and per client address,
+//! completes the TLS handshake within its deadline, and hands each connection to the HTTP
+//! server (which applies the first-request and idle deadlines).
+
+mod per_ip;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +17,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::mtls::ClientIdentity;
 use crate::config::HttpLimits;
-use crate::http::server;
+use crate::http::server::{self, Closed};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::shutdown::Shutdown;
+
+pub use per_ip::{PerIpLimit, PerIpPermit};
 
 /// What the accept loop needs.
 pub struct PublicListener {
@@ -33,12 +38,15 @@ pub struct PublicListener {
     /// Bounds open connections: each holds a permit until it closes. Beyond the cap new
     /// connections are closed at once, so a flood cannot exhaust file descriptors.
     pub connections: Arc<Semaphore>,
+    /// Bounds open connections per client address, so one host cannot take every permit.
+    pub per_ip: Arc<PerIpLimit>,
 }
 
 impl PublicListener {
     /// Accepts until draining starts; connection tasks are spawned on `tasks`.
     pub async fn run(self, shutdown: Shutdown, tasks: TaskTracker) {
-        let builder = Arc::new(server::builder(&self.http));
+        let server = Arc::new(server::Server::new(&self.http));
+        let mut refusals = RefusalLog::default();
         loop {
             let (tcp, peer) = tokio::select! {
                 () = shutdown.drain().cancelled() => break,
@@ -52,18 +60,27 @@ impl PublicListener {
                     }
                 },
             };
+            let accepted = tokio::time::Instant::now();
+            // Per address first: an address over its cap must not take a global permit, even
+            // for a moment.
+            let Some(ip_permit) = self.per_ip.try_acquire(peer.ip()) else {
+                refusals.per_ip(peer);
+                continue;
+            };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached; closing new connection");
+                refusals.global(peer);
                 continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(self.tls.load_full());
             let proxy = self.proxy.clone();
-            let builder = builder.clone();
+            let server = server.clone();
             let shutdown = shutdown.clone();
             let handshake_timeout = self.handshake_timeout;
             tasks.spawn(async move {
-                let _permit = permit;
+                // Both permits live exactly as long as this task, so every way out (handshake
+                // failure, timeouts, close, panic) gives them back.
+                let _permits = (permit, ip_permit);
                 let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,
@@ -90,10 +107,68 @@ impl PublicListener {
                     let conn = conn.clone();
                     async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &conn).await) }
                 });
-                if let Err(e) = server::serve(&builder, tls, service, &shutdown).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with error");
+                match server.serve(tls, service, &shutdown, accepted).await {
+                    Ok(Closed::Client | Closed::Drained) => {}
+                    Ok(reason) => {
+                        tracing::debug!(%peer, reason = reason.as_str(), "connection closed")
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "connection ended with error"),
                 }
             });
+        }
+    }
+}
+
+/// Warnings for refused connections, at most one per kind per second: under a flood a line
+/// per connection would bury the log (and cost more than the refusal itself).
+#[derive(Default)]
+struct RefusalLog {
+    global: Throttle,
+    per_ip: Throttle,
+}
+
+impl RefusalLog {
+    fn global(&mut self, peer: std::net::SocketAddr) {
+        if let Some(suppressed) = self.global.hit() {
+            tracing::warn!(
+                %peer,
+                suppressed,
+                "connection limit reached; closing new connection"
+            );
+        }
+    }
+
+    fn per_ip(&mut self, peer: std::net::SocketAddr) {
+        if let Some(suppressed) = self.per_ip.hit() {
+            tracing::warn!(
+                %peer,
+                suppressed,
+                "per-address connection limit reached; closing new connection"
+            );
+        }
+    }
+}
+
+/// Lets one event through per second and counts the ones held back in between.
+#[derive(Default)]
+struct Throttle {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(suppressed since the last one)` when this event should be logged.
+    fn hit(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
         }
     }
 }

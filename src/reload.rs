@@ -443,6 +443,10 @@ fn fixed_at_start(started: &Config, new: &Config) -> Vec<&'static str> {
         new.listener.max_connections != started.listener.max_connections,
     );
     check(
+        "listener.max_connections_per_ip",
+        new.listener.max_connections_per_ip != started.listener.max_connections_per_ip,
+    );
+    check(
         "listener.handshake_timeout",
         new.listener.handshake_timeout != started.listener.handshake_timeout,
     );

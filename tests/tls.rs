@@ -217,7 +217,9 @@ async fn handshake_deadline_and_connection_cap() {
         "{}{}",
         support::listener_toml(&pki).replace(
             "[listener.tls]",
-            "max_connections = 2\nhandshake_timeout = \"300ms\"\n[listener.tls]"
+            // Both connections come from 127.0.0.1: the per-address cap must not be what
+            // refuses the third.
+            "max_connections = 2\nmax_connections_per_ip = 2\nhandshake_timeout = \"300ms\"\n[listener.tls]"
         ),
         route("/mcp", &format!("http://{}/mcp", backend.addr))
     );

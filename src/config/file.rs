@@ -59,6 +59,8 @@ pub struct ListenerFile {
     /// Connection cap.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Connection cap per client address; default derived from `max_connections`.
+    pub max_connections_per_ip: Option<usize>,
     /// TLS handshake deadline.
     #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -140,6 +142,15 @@ pub struct HttpFile {
     /// HTTP/2 streams per connection.
     #[serde(default = "defaults::h2_max_concurrent_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// Deadline from accept to the first complete request head.
+    #[serde(default = "defaults::first_request_timeout", with = "humantime_serde")]
+    pub first_request_timeout: Duration,
+    /// Time a connection with no request in progress is kept open.
+    #[serde(
+        default = "defaults::connection_idle_timeout",
+        with = "humantime_serde"
+    )]
+    pub idle_timeout: Duration,
 }
 
 impl Default for HttpFile {
@@ -152,6 +163,8 @@ impl Default for HttpFile {
             h2_keepalive_interval: defaults::h2_keepalive(),
             h2_keepalive_timeout: defaults::h2_keepalive(),
             h2_max_concurrent_streams: defaults::h2_max_concurrent_streams(),
+            first_request_timeout: defaults::first_request_timeout(),
+            idle_timeout: defaults::connection_idle_timeout(),
         }
     }
 }
@@ -691,6 +704,12 @@ mod defaults {
     }
     pub fn h2_max_concurrent_streams() -> u32 {
         200
+    }
+    pub fn first_request_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn connection_idle_timeout() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn heartbeat_interval() -> Duration {
         Duration::from_secs(15)

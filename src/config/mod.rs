@@ -205,6 +205,8 @@ pub struct Listener {
     pub allowed_hosts: Vec<String>,
     /// Maximum simultaneous client connections.
     pub max_connections: usize,
+    /// Maximum simultaneous connections from one client address (IPv4 address or IPv6 /64).
+    pub max_connections_per_ip: usize,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
     /// Server certificates.
@@ -265,6 +267,12 @@ pub struct HttpLimits {
     pub h2_keepalive_timeout: Duration,
     /// HTTP/2 concurrent streams per connection.
     pub h2_max_concurrent_streams: u32,
+    /// Deadline from TCP accept (TLS handshake included) to the first complete request head,
+    /// HTTP/1.1 or HTTP/2; a connection that has not sent one by then is closed.
+    pub first_request_timeout: Duration,
+    /// A connection with no request in progress (no request being handled, no response
+    /// still streaming) for this long is closed; HTTP/1.1 keep-alive and HTTP/2 alike.
+    pub idle_timeout: Duration,
 }
 
 /// How SSE streams are relayed.
@@ -404,6 +412,29 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
             "set a positive number (default 10000)",
         ));
     }
+    let max_connections_per_ip = match l.max_connections_per_ip {
+        None => default_per_ip(l.max_connections),
+        Some(0) => {
+            return Err(ConfigError::invalid(
+                "listener.max_connections_per_ip",
+                "must be at least 1",
+                "set a positive number, or remove the key for the default (a quarter of \
+                 max_connections, at most 256); to turn the per-address cap off set it \
+                 equal to max_connections",
+            ));
+        }
+        Some(n) if n > l.max_connections => {
+            return Err(ConfigError::invalid(
+                "listener.max_connections_per_ip",
+                format!(
+                    "{n} is larger than listener.max_connections ({})",
+                    l.max_connections
+                ),
+                "set it at most equal to max_connections (equal turns the per-address cap off)",
+            ));
+        }
+        Some(n) => n,
+    };
     nonzero("listener.handshake_timeout", l.handshake_timeout)?;
 
     let mut sni = Vec::with_capacity(l.tls.sni.len());
@@ -485,6 +516,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         public_url,
         allowed_hosts,
         max_connections: l.max_connections,
+        max_connections_per_ip,
         handshake_timeout: l.handshake_timeout,
         tls: ServerTls {
             cert: resolve(&l.tls.cert),
@@ -499,6 +531,8 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     nonzero("http.header_read_timeout", h.header_read_timeout)?;
     nonzero("http.h2_keepalive_interval", h.h2_keepalive_interval)?;
     nonzero("http.h2_keepalive_timeout", h.h2_keepalive_timeout)?;
+    nonzero("http.first_request_timeout", h.first_request_timeout)?;
+    nonzero("http.idle_timeout", h.idle_timeout)?;
     if !(8192..=1024 * 1024).contains(&h.max_header_bytes) {
         return Err(ConfigError::invalid(
             "http.max_header_bytes",
@@ -535,6 +569,8 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         h2_keepalive_interval: h.h2_keepalive_interval,
         h2_keepalive_timeout: h.h2_keepalive_timeout,
         h2_max_concurrent_streams: h.h2_max_concurrent_streams,
+        first_request_timeout: h.first_request_timeout,
+        idle_timeout: h.idle_timeout,
     };
 
     nonzero("sse.heartbeat_interval", file.sse.heartbeat_interval)?;
@@ -1475,6 +1511,13 @@ fn valid_log_filter(level: &str) -> Result<(), String> {
     tracing_subscriber::EnvFilter::try_new(level)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The per-address cap when none is configured: a quarter of the global cap, so at least
+/// four addresses are needed to fill it, but never more than 256 (no single client needs
+/// more, and with the default 10000 a quarter would still let 4 hosts lock everyone out).
+fn default_per_ip(max_connections: usize) -> usize {
+    (max_connections / 4).clamp(1, 256)
 }
 
 fn nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {

@@ -151,6 +151,10 @@ fn minimal_config_uses_documented_defaults() {
     assert_eq!(c.listener.bind, "0.0.0.0:8443".parse().unwrap());
     assert_eq!(c.listener.public_url, "https://mcp.example.com");
     assert_eq!(c.listener.max_connections, 10_000);
+    assert_eq!(
+        c.listener.max_connections_per_ip, 256,
+        "a quarter of max_connections, at most 256"
+    );
     assert_eq!(c.listener.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.listener.tls.cert, Path::new("/etc/mcp-edge/server.pem"));
     assert_eq!(c.listener.tls.key, Path::new("/etc/mcp-edge/server.key"));
@@ -164,6 +168,8 @@ fn minimal_config_uses_documented_defaults() {
     assert_eq!(c.http.h2_keepalive_interval, Duration::from_secs(20));
     assert_eq!(c.http.h2_keepalive_timeout, Duration::from_secs(20));
     assert_eq!(c.http.h2_max_concurrent_streams, 200);
+    assert_eq!(c.http.first_request_timeout, Duration::from_secs(15));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
 
     assert_eq!(c.sse.heartbeat_interval, Duration::from_secs(15));
     assert_eq!(c.sse.idle_timeout, Duration::from_secs(30 * 60));
@@ -195,6 +201,7 @@ fn full_config_sets_every_key() {
 bind = "[::1]:9443"
 public_url = "https://edge.example.com:9443/"
 max_connections = 123
+max_connections_per_ip = 7
 handshake_timeout = "2s 500ms"
 
 [listener.tls]
@@ -220,6 +227,8 @@ max_request_body_bytes = 1
 h2_keepalive_interval = "11s"
 h2_keepalive_timeout = "3s"
 h2_max_concurrent_streams = 1
+first_request_timeout = "4s"
+idle_timeout = "90s"
 
 [sse]
 heartbeat_interval = "500ms"
@@ -262,6 +271,7 @@ transport = "sse"
     assert_eq!(c.listener.bind, "[::1]:9443".parse().unwrap());
     assert_eq!(c.listener.public_url, "https://edge.example.com:9443/");
     assert_eq!(c.listener.max_connections, 123);
+    assert_eq!(c.listener.max_connections_per_ip, 7);
     assert_eq!(c.listener.handshake_timeout, Duration::from_millis(2500));
     assert_eq!(c.listener.tls.cert, Path::new("/abs/server.pem"));
     assert_eq!(c.listener.tls.key, Path::new("/abs/server.key"));
@@ -285,6 +295,8 @@ transport = "sse"
     assert_eq!(c.http.h2_keepalive_interval, Duration::from_secs(11));
     assert_eq!(c.http.h2_keepalive_timeout, Duration::from_secs(3));
     assert_eq!(c.http.h2_max_concurrent_streams, 1);
+    assert_eq!(c.http.first_request_timeout, Duration::from_secs(4));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(90));
 
     assert_eq!(c.sse.heartbeat_interval, Duration::from_millis(500));
     assert_eq!(c.sse.idle_timeout, Duration::from_secs(90 * 60));
@@ -718,6 +730,54 @@ fn max_connections_must_be_positive() {
 }
 
 #[test]
+fn per_ip_default_follows_max_connections() {
+    for (max, per_ip) in [
+        (1, 1),
+        (3, 1),
+        (8, 2),
+        (50, 12),
+        (1000, 250),
+        (1024, 256),
+        (10_000, 256),
+    ] {
+        let c = ok(&with_listener(&format!("max_connections = {max}")));
+        assert_eq!(
+            c.listener.max_connections_per_ip, per_ip,
+            "default per-address cap for max_connections = {max}"
+        );
+    }
+    // Equal to max_connections is allowed: that turns the per-address cap off.
+    let c = ok(&with_listener(
+        "max_connections = 40\nmax_connections_per_ip = 40",
+    ));
+    assert_eq!(c.listener.max_connections_per_ip, 40);
+}
+
+#[test]
+fn max_connections_per_ip_must_be_positive_and_within_max_connections() {
+    let msg = invalid(
+        &with_listener("max_connections_per_ip = 0"),
+        "listener.max_connections_per_ip",
+        &["at least 1"],
+    );
+    assert!(
+        msg.contains("equal to max_connections"),
+        "fix says how to turn it off: {msg}"
+    );
+    let msg = invalid(
+        &with_listener("max_connections = 10\nmax_connections_per_ip = 11"),
+        "listener.max_connections_per_ip",
+        &["11", "larger than listener.max_connections (10)"],
+    );
+    assert!(msg.contains("at most"), "{msg}");
+    parse_error(
+        &with_listener("max_connections_per_ip = -1"),
+        &["max_connections_per_ip"],
+    );
+    parse_error(&with_tables("[http]\nidle_timeout = 60"), &["idle_timeout"]);
+}
+
+#[test]
 fn handshake_timeout_must_be_positive() {
     invalid(
         &with_listener("handshake_timeout = \"0s\""),
@@ -814,6 +874,8 @@ fn zero_durations_are_refused_with_their_key() {
         ("http", "header_read_timeout"),
         ("http", "h2_keepalive_interval"),
         ("http", "h2_keepalive_timeout"),
+        ("http", "first_request_timeout"),
+        ("http", "idle_timeout"),
         ("sse", "heartbeat_interval"),
         ("sse", "idle_timeout"),
         ("upstream", "connect_timeout"),
