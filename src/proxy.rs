@@ -387,7 +387,7 @@ impl Proxy {
         };
 
         // 4c. Policy: methods, scopes per method and tool, tools and resources per principal.
-        let organisation = organisation(cfg, claims.as_ref());
+        let organisation = organisation(claims.as_ref());
         let principal = Principal {
             claims: claims.as_ref(),
             cert: conn.client_cert.as_deref(),
@@ -951,7 +951,7 @@ fn set_identity_headers(
     };
     if let Some(c) = claims {
         put("issuer", &c.issuer);
-        if let Some(sub) = &c.subject {
+        if let Some(sub) = &c.backend_subject {
             put("subject", sub);
         }
         if let Some(client) = &c.client_id {
@@ -1019,14 +1019,9 @@ pub const POLICY_DENIED: i64 = -32003;
 /// Largest JSON `tools/list` answer the proxy buffers to filter.
 const MAX_FILTERED_ANSWER: usize = 16 * 1024 * 1024;
 
-/// The principal's organisation: the configured claim, when it is a string or a number.
-fn organisation(cfg: &Config, claims: Option<&Claims>) -> Option<String> {
-    let name = cfg.auth.organisation_claim.as_deref()?;
-    match claims?.raw.get(name)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+/// The principal's organisation, as its token's issuer vouched for it at validation.
+fn organisation(claims: Option<&Claims>) -> Option<String> {
+    claims?.organisation.clone()
 }
 
 /// Reads a JSON answer to `tools/list` (capped, within the body idle limit) and removes the
