@@ -485,6 +485,8 @@ mod tests {
             algorithm: None,
             cnf_x5t_s256: None,
             raw: raw.as_object().cloned().unwrap_or_default(),
+            organisation: None,
+            backend_subject: Some(sub.to_owned()),
         }
     }
 

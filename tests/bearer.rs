@@ -324,6 +324,52 @@ async fn valid_token_reaches_backend_as_identity_without_authorization() {
 }
 
 #[tokio::test]
+async fn only_access_tokens_pass_whatever_else_the_idp_signs() {
+    let mut s = setup().await;
+    let typed = |typ: Option<&str>| {
+        let mut h = Header::new(Algorithm::ES256);
+        h.typ = typ.map(str::to_owned);
+        format!("Bearer {}", s.idp.sign(h, &claims(serde_json::json!({}))))
+    };
+    // RFC 9068 access tokens, plain JWTs, and tokens without `typ`; the media-type forms too.
+    for typ in [
+        None,
+        Some("JWT"),
+        Some("at+jwt"),
+        Some("AT+JWT"),
+        Some("application/at+jwt"),
+    ] {
+        let resp = send(&s, http::Method::POST, Some(&typed(typ)), "/mcp").await;
+        assert_eq!(resp.status(), 200, "{typ:?}");
+        s.seen.recv().await.unwrap();
+    }
+    // Other tokens the same IdP signs with the same keys.
+    for typ in [
+        "dpop+jwt",
+        "application/dpop+jwt",
+        "logout+jwt",
+        "secevent+jwt",
+        "id_token+jwt",
+    ] {
+        let resp = send(&s, http::Method::POST, Some(&typed(Some(typ))), "/mcp").await;
+        assert_eq!(resp.status(), 401, "{typ}");
+        let challenge = resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.contains("token type not accepted"),
+            "{typ}: {challenge}"
+        );
+        refused(resp, 401, Some("invalid_token")).await;
+    }
+    assert!(
+        s.seen.try_recv().is_err(),
+        "a refused token reached the backend"
+    );
+}
+
+#[tokio::test]
 async fn jku_header_is_never_followed() {
     let mut s = setup().await;
     let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -734,3 +734,51 @@ fn client_ca_crl_and_alert_ca_files_are_checked_too() {
         &["missing-alerts-ca.pem"],
     );
 }
+
+#[test]
+fn several_issuers_need_every_token_route_to_list_its_issuers() {
+    let fx = Fixture::new();
+    let text = |issuers: &str| {
+        format!(
+            r#"
+[listener]
+bind = "127.0.0.1:8443"
+public_url = "https://localhost:8443"
+
+[listener.tls]
+cert = "server.pem"
+key = "server.key"
+
+[auth]
+organisation_claim = "org_id"
+
+[[auth.issuers]]
+issuer = "https://idp.example.com"
+algorithms = ["ES256"]
+pem_keys = ["idp.pem"]
+
+[[auth.issuers]]
+issuer = "https://login.partner-a.example"
+algorithms = ["ES256"]
+pem_keys = ["partner-a.pem"]
+
+[[routes]]
+path = "/mcp"
+upstream = "http://127.0.0.1:9000/mcp"
+[routes.auth]
+require = "token"
+{issuers}
+"#
+        )
+    };
+    check_fails(
+        &fx.config(&text("")),
+        &[
+            "config key `routes[0].auth.issuers`",
+            "is required",
+            "2 [[auth.issuers]]",
+            "issuers = [\"https://idp.example.com\"]",
+        ],
+    );
+    check_ok(&fx.config(&text("issuers = [\"https://login.partner-a.example\"]")));
+}

@@ -86,11 +86,16 @@ pub enum IssuerSetupError {
     },
 }
 
-/// How one issuer's tokens are checked: signature (JWT), introspection, or both.
+/// How one issuer's tokens are checked: signature (JWT), introspection, or both; and what
+/// the issuer may vouch for.
 #[derive(Debug, Clone, Default)]
 struct IssuerCheck {
     jwt: Option<IssuerPolicy>,
     introspector: Option<Introspector>,
+    /// Claim naming the organisation in this issuer's tokens.
+    organisation_claim: Option<String>,
+    /// The only organisations the issuer may vouch for (`None`: any).
+    organisations: Option<Vec<String>>,
 }
 
 /// Validators for every configured issuer.
@@ -98,6 +103,8 @@ struct IssuerCheck {
 pub struct Issuers {
     by_issuer: HashMap<String, IssuerCheck>,
     largest_token: usize,
+    /// Several issuers are configured: subjects shown to backends carry their issuer.
+    qualify_subjects: bool,
 }
 
 impl Issuers {
@@ -106,7 +113,11 @@ impl Issuers {
         let mut by_issuer = HashMap::with_capacity(auth.issuers.len());
         let mut largest_token = 0;
         for s in &auth.issuers {
-            let mut check = IssuerCheck::default();
+            let mut check = IssuerCheck {
+                organisation_claim: s.organisation_claim.clone(),
+                organisations: s.organisations.clone(),
+                ..IssuerCheck::default()
+            };
             if let Some(source) = &s.keys {
                 let keys = KeyStore::new(source.clone()).await.map_err(|error| {
                     IssuerSetupError::Keys {
@@ -136,6 +147,7 @@ impl Issuers {
         Ok(Issuers {
             by_issuer,
             largest_token,
+            qualify_subjects: auth.issuers.len() > 1,
         })
     }
 
@@ -146,6 +158,10 @@ impl Issuers {
     /// introspection when the issuer has no keys). Any other token (opaque, or a JWT naming no
     /// configured issuer) goes to the route's introspection issuer when it has exactly one;
     /// with none or several it is refused, as nothing could tell which server to ask.
+    ///
+    /// The claims come back with the organisation the issuer vouches for (from the issuer's
+    /// organisation claim; with an `organisations` allowlist, a token claiming another one, or
+    /// none, is refused) and the subject backends are shown.
     pub async fn validate(&self, token: &str, route: &Route) -> Result<Claims, TokenError> {
         let parsed = unverified_issuer(token, self.largest_token.max(1));
         if let Ok(iss) = &parsed
@@ -154,20 +170,54 @@ impl Issuers {
             if !route.issuers.contains(iss) {
                 return Err(TokenError::WrongIssuer);
             }
-            return match (&check.jwt, &check.introspector) {
-                (Some(policy), _) => policy.validate(token, &route.resource).await,
-                (None, Some(i)) => introspect(i, token, route).await,
-                (None, None) => Err(TokenError::WrongIssuer),
+            let claims = match (&check.jwt, &check.introspector) {
+                (Some(policy), _) => policy.validate(token, &route.resource).await?,
+                (None, Some(i)) => introspect(i, token, route).await?,
+                (None, None) => return Err(TokenError::WrongIssuer),
             };
+            return self.vouch(check, claims);
         }
-        let mut introspectors = route
-            .issuers
-            .iter()
-            .filter_map(|iss| self.by_issuer.get(iss)?.introspector.as_ref());
+        let mut introspectors = route.issuers.iter().filter_map(|iss| {
+            let check = self.by_issuer.get(iss)?;
+            check.introspector.as_ref().map(|i| (check, i))
+        });
         match (introspectors.next(), introspectors.next()) {
-            (Some(i), None) => introspect(i, token, route).await,
+            (Some((check, i)), None) => {
+                let claims = introspect(i, token, route).await?;
+                self.vouch(check, claims)
+            }
             _ => Err(parsed.err().unwrap_or(TokenError::WrongIssuer)),
         }
+    }
+
+    /// What `check`'s issuer vouches for in `claims`: the organisation from its own claim,
+    /// refused when outside its allowlist, and the subject as backends see it.
+    fn vouch(&self, check: &IssuerCheck, mut claims: Claims) -> Result<Claims, TokenError> {
+        claims.organisation =
+            check
+                .organisation_claim
+                .as_deref()
+                .and_then(|name| match claims.raw.get(name)? {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                });
+        if let Some(allowed) = &check.organisations {
+            // A token without an organisation is refused too: it would otherwise become a
+            // principal of no organisation, which rules not naming one still match.
+            match &claims.organisation {
+                Some(org) if allowed.contains(org) => {}
+                _ => return Err(TokenError::OrganisationNotAccepted),
+            }
+        }
+        claims.backend_subject = claims.subject.as_ref().map(|sub| {
+            if self.qualify_subjects {
+                format!("{}#{sub}", claims.issuer)
+            } else {
+                sub.clone()
+            }
+        });
+        Ok(claims)
     }
 }
 
@@ -284,6 +334,113 @@ mod tests {
             Err(BearerError::InQuery)
         );
         assert_eq!(extract(&h(&[]), Some("not_access_token=1")), Ok(None));
+    }
+
+    fn claims(iss: &str, sub: &str, raw: serde_json::Value) -> Claims {
+        Claims {
+            issuer: iss.to_owned(),
+            subject: Some(sub.to_owned()),
+            audience: vec![],
+            scopes: Default::default(),
+            client_id: None,
+            cnf_x5t_s256: None,
+            expires_at: 0,
+            key_id: None,
+            algorithm: None,
+            raw: raw.as_object().cloned().unwrap_or_default(),
+            organisation: None,
+            backend_subject: Some(sub.to_owned()),
+        }
+    }
+
+    #[test]
+    fn issuers_vouch_only_for_their_organisations() {
+        let partner = IssuerCheck {
+            organisation_claim: Some("tenant".into()),
+            organisations: Some(vec!["partner-a".into(), "7".into()]),
+            ..IssuerCheck::default()
+        };
+        let several = Issuers {
+            qualify_subjects: true,
+            ..Issuers::default()
+        };
+        let iss = "https://login.partner-a.example";
+        let c = several
+            .vouch(
+                &partner,
+                claims(
+                    iss,
+                    "alice",
+                    serde_json::json!({"tenant": "partner-a", "org_id": "acme"}),
+                ),
+            )
+            .unwrap();
+        assert_eq!(
+            c.organisation.as_deref(),
+            Some("partner-a"),
+            "the issuer's own claim"
+        );
+        assert_eq!(
+            c.subject.as_deref(),
+            Some("alice"),
+            "policies still see the IdP's sub"
+        );
+        assert_eq!(
+            c.backend_subject.as_deref(),
+            Some("https://login.partner-a.example#alice")
+        );
+        let c = several
+            .vouch(
+                &partner,
+                claims(iss, "bob", serde_json::json!({"tenant": 7})),
+            )
+            .unwrap();
+        assert_eq!(c.organisation.as_deref(), Some("7"));
+        for raw in [
+            serde_json::json!({"tenant": "partner-b"}),
+            serde_json::json!({"org_id": "partner-a"}),
+            serde_json::json!({"tenant": ["partner-a"]}),
+            serde_json::json!({"tenant": "Partner-A"}),
+        ] {
+            assert_eq!(
+                several.vouch(&partner, claims(iss, "alice", raw.clone())),
+                Err(TokenError::OrganisationNotAccepted),
+                "{raw}"
+            );
+        }
+        // Without an allowlist: whatever the claim says, or no organisation.
+        let ours = IssuerCheck {
+            organisation_claim: Some("org_id".into()),
+            ..IssuerCheck::default()
+        };
+        let single = Issuers::default();
+        let c = single
+            .vouch(
+                &ours,
+                claims(
+                    "https://idp.example",
+                    "alice",
+                    serde_json::json!({"org_id": "acme"}),
+                ),
+            )
+            .unwrap();
+        assert_eq!(c.organisation.as_deref(), Some("acme"));
+        assert_eq!(
+            c.backend_subject.as_deref(),
+            Some("alice"),
+            "one issuer: sub unchanged"
+        );
+        let c = single
+            .vouch(
+                &ours,
+                claims(
+                    "https://idp.example",
+                    "alice",
+                    serde_json::json!({"org_id": true}),
+                ),
+            )
+            .unwrap();
+        assert_eq!(c.organisation, None);
     }
 
     #[test]

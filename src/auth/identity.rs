@@ -164,7 +164,7 @@ pub struct Identity {
     pub claims: Option<Claims>,
     /// A verified client certificate.
     pub cert: Option<Arc<ClientIdentity>>,
-    /// The organisation, from the issuer's organisation claim.
+    /// The organisation, as the token's issuer vouched for it.
     pub organisation: Option<String>,
     label: String,
 }
@@ -229,12 +229,10 @@ impl Identity {
 }
 
 /// Checks what `route` demands (client certificate, bearer token, certificate binding,
-/// scopes) and returns who the caller is. `organisation_claim` names the claim that carries
-/// the organisation.
+/// scopes) and returns who the caller is.
 pub async fn authenticate(
     route: &Route,
     issuers: &SharedIssuers,
-    organisation_claim: Option<&str>,
     headers: &http::HeaderMap,
     query: Option<&str>,
     cert: Option<Arc<ClientIdentity>>,
@@ -291,15 +289,7 @@ pub async fn authenticate(
             needed: route.scopes.clone(),
         });
     }
-    let organisation = organisation(organisation_claim, &claims);
+    // The issuer vouched for it at validation (its own claim, within its allowlist).
+    let organisation = claims.organisation.clone();
     Ok(Identity::new(Some(claims), cert, organisation))
-}
-
-/// The organisation: the configured claim, when it is a string or a number.
-fn organisation(claim: Option<&str>, claims: &Claims) -> Option<String> {
-    match claims.raw.get(claim?)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }

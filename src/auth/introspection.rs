@@ -727,9 +727,12 @@ fn evaluate(
         .or_else(|| cfg.expected_issuer.clone())
         .unwrap_or_else(|| endpoint_origin(&cfg.endpoint));
     let raw = &a.raw;
+    let subject = raw.get("sub").and_then(Value::as_str).map(str::to_owned);
     Ok(Claims {
         issuer,
-        subject: raw.get("sub").and_then(Value::as_str).map(str::to_owned),
+        backend_subject: subject.clone(),
+        subject,
+        organisation: None,
         audience: a.aud.clone().unwrap_or_default(),
         scopes: scopes(raw),
         client_id: raw

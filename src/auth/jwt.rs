@@ -1,8 +1,9 @@
 //! Bearer token (JWT) validation against one issuer's policy.
 //!
 //! [`IssuerPolicy::validate`] checks, in this order: size; compact structure; header (`alg`
-//! must be in the issuer's allowlist, `none` never is; `crit` is refused; `jku`, `x5u`, `x5c`
-//! and `jwk` are ignored, never fetched or used); `iss` (exact, before any key lookup so
+//! must be in the issuer's allowlist, `none` never is; `crit` is refused; `typ`, when present,
+//! must say access token, see [`access_token_type`]; `jku`, `x5u`, `x5c` and `jwk` are
+//! ignored, never fetched or used); `iss` (exact, before any key lookup so
 //! foreign tokens cannot trigger JWKS refetches); the key from the issuer's [`KeyStore`] only;
 //! the signature; `exp` (required) and `nbf` with the configured leeway; and `aud`, which must
 //! contain the route's resource URI compared in RFC 8707 canonical form
@@ -71,6 +72,12 @@ pub enum TokenError {
     /// The introspection endpoint gave no usable answer. Server-side: 503.
     #[error("token introspection unavailable")]
     IntrospectionUnavailable,
+    /// The header's `typ` names another kind of token (DPoP proof, logout token, …).
+    #[error("token type not accepted")]
+    WrongType,
+    /// The organisation claim is missing or outside the organisations the issuer may vouch for.
+    #[error("token organisation not accepted from its issuer")]
+    OrganisationNotAccepted,
 }
 
 impl TokenError {
@@ -89,6 +96,10 @@ impl TokenError {
             TokenError::KeysUnavailable => "token signing keys unavailable",
             TokenError::Inactive => "token not active",
             TokenError::IntrospectionUnavailable => "token introspection unavailable",
+            TokenError::WrongType => "token type not accepted",
+            TokenError::OrganisationNotAccepted => {
+                "token organisation not accepted from its issuer"
+            }
         }
     }
 
@@ -145,6 +156,13 @@ pub struct Claims {
     pub algorithm: Option<Algorithm>,
     /// All claims, as sent.
     pub raw: Map<String, Value>,
+    /// The organisation the issuer vouches for (its organisation claim, a string or number),
+    /// filled in by [`crate::auth::bearer::Issuers::validate`].
+    pub organisation: Option<String>,
+    /// The subject as backends see it (identity header, upstream token `sub`): `sub`, or
+    /// `<iss>#<sub>` when several issuers are configured, so that two identity providers'
+    /// `alice` never look like one user.
+    pub backend_subject: Option<String>,
 }
 
 /// How tokens from one issuer are validated.
@@ -230,6 +248,14 @@ impl IssuerPolicy {
             // RFC 7515 §4.1.11: extensions we do not understand make the token invalid.
             return Err(TokenError::Malformed("critical header extensions"));
         }
+        match header.get("typ") {
+            None => {}
+            Some(Value::String(t)) if access_token_type(t) => {}
+            // Same issuer, same keys, other purpose (DPoP proof, logout token, security event):
+            // such a token must not pass for an access token (RFC 8725 §3.11).
+            Some(Value::String(_)) => return Err(TokenError::WrongType),
+            Some(_) => return Err(TokenError::Malformed("typ is not a string")),
+        }
         let kid = match header.get("kid") {
             None => None,
             Some(Value::String(k)) => Some(k.as_str()),
@@ -296,9 +322,12 @@ impl IssuerPolicy {
             return Err(TokenError::WrongAudience);
         }
 
+        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
         Ok(Claims {
             issuer: self.issuer.clone(),
-            subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
+            backend_subject: subject.clone(),
+            subject,
+            organisation: None,
             audience,
             scopes: scopes(&claims),
             client_id: claims
@@ -317,6 +346,14 @@ impl IssuerPolicy {
             raw: claims,
         })
     }
+}
+
+/// Whether a JWT `typ` header names an access token: `JWT` or `at+jwt` (RFC 9068), compared
+/// case-insensitively, with or without the `application/` prefix (RFC 7515 §4.1.9).
+pub fn access_token_type(typ: &str) -> bool {
+    let t = typ.to_ascii_lowercase();
+    let t = t.strip_prefix("application/").unwrap_or(&t);
+    t == "jwt" || t == "at+jwt"
 }
 
 /// The `iss` claim of a token, unverified: only for choosing which [`IssuerPolicy`] validates
@@ -651,6 +688,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_access_token_types_are_accepted() {
+        let f = ec_fixture().await;
+        let typed = |typ: Option<&str>| {
+            let mut h = Header::new(Algorithm::ES256);
+            h.typ = typ.map(str::to_owned);
+            jsonwebtoken::encode(&h, &claims(), &f.enc).unwrap()
+        };
+        for ok in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("at+jwt"),
+            Some("AT+JWT"),
+            Some("application/at+jwt"),
+            Some("Application/JWT"),
+        ] {
+            assert!(f.policy.validate(&typed(ok), AUD).await.is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "dpop+jwt",
+            "logout+jwt",
+            "secevent+jwt",
+            "id_token+jwt",
+            "application/dpop+jwt",
+            "at+jwt+x",
+            "application/",
+            "",
+        ] {
+            assert_eq!(
+                f.policy.validate(&typed(Some(bad)), AUD).await,
+                Err(TokenError::WrongType),
+                "{bad}"
+            );
+        }
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","typ":7}"#);
+        let body = URL_SAFE_NO_PAD.encode(claims().to_string());
+        assert!(matches!(
+            f.policy
+                .validate(&format!("{header}.{body}.AAAA"), AUD)
+                .await,
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn hs256_with_public_key_bytes_is_refused() {
         let f = ec_fixture().await;
         let forged = jsonwebtoken::encode(
@@ -774,6 +856,8 @@ mod tests {
             TokenError::WrongIssuer,
             TokenError::WrongAudience,
             TokenError::KeysUnavailable,
+            TokenError::WrongType,
+            TokenError::OrganisationNotAccepted,
         ] {
             assert!(!e.description().contains('"'));
             assert_eq!(e.is_server_side(), e == TokenError::KeysUnavailable);

@@ -20,7 +20,7 @@
 //! |---|---|
 //! | `iss` | the proxy's configured issuer |
 //! | `aud` | the backend's audience, a single string |
-//! | `sub` | the token subject, else the certificate principal |
+//! | `sub` | the token subject (`<iss>#<sub>` when several issuers are configured), else the certificate principal |
 //! | `iat`, `nbf`, `exp` | now, now, now + lifetime (whole seconds) |
 //! | `jti` | 128 random bits, lower-case hex |
 //! | `scope` | the caller's scopes, sorted, space-separated |
@@ -30,6 +30,12 @@
 //! | `cnf` | `{"x5t#S256": …}`: base64url SHA-256 of the client certificate (RFC 8705) |
 //! | `cert_uri` | the client certificate's first URI SAN, e.g. a SPIFFE id |
 //! | `request_id` | the proxy's request id, for correlating logs |
+//!
+//! With more than one `[[auth.issuers]]`, `sub` is qualified by the caller's issuer (the form
+//! the audit log's `principal` uses): each IdP controls its own `sub` values, so a partner's
+//! IdP can mint `alice` as easily as yours, and a backend keying users on `sub` alone must
+//! never mistake one for the other. `client_iss` names the issuer on its own; the IdP's `sub`
+//! is what follows `<client_iss>#`. With a single issuer `sub` is the token's `sub` unchanged.
 //!
 //! The default key id is the key's RFC 7638 JWK thumbprint: base64url (no padding) of the
 //! SHA-256 of the JSON object holding only the required public members, in lexicographic order
@@ -111,7 +117,8 @@ pub enum UpstreamTokenError {
 /// Who the caller is, as described to the backend. Borrowed from the request's principal.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamIdentity<'a> {
-    /// Token `sub`, or the certificate principal when there is no token (`sub`).
+    /// Token subject as backends see it ([`Claims::backend_subject`]), or the certificate
+    /// principal when there is no token (`sub`).
     pub subject: Option<&'a str>,
     /// The identity provider that issued the caller's token (`client_iss`).
     pub token_issuer: Option<&'a str>,
@@ -142,7 +149,7 @@ impl<'a> UpstreamIdentity<'a> {
     ) -> Self {
         UpstreamIdentity {
             subject: claims
-                .and_then(|c| c.subject.as_deref())
+                .and_then(|c| c.backend_subject.as_deref())
                 .or(cert.map(ClientIdentity::principal)),
             token_issuer: claims.map(|c| c.issuer.as_str()),
             client_id: claims.and_then(|c| c.client_id.as_deref()),
@@ -792,6 +799,8 @@ mod tests {
             key_id: None,
             algorithm: None,
             raw: serde_json::Map::new(),
+            organisation: Some("acme".into()),
+            backend_subject: Some("alice".into()),
         };
         let identity = UpstreamIdentity::new(Some(&claims), None, Some("acme"), "r");
         assert_eq!(identity.subject, Some("alice"));

@@ -499,7 +499,8 @@ pub struct RouteAuthFile {
     /// What a request must prove.
     #[serde(default)]
     pub require: RequireAuth,
-    /// Issuers whose tokens the route accepts (default: every `[[auth.issuers]]`).
+    /// Issuers whose tokens the route accepts (default, and only allowed with a single
+    /// `[[auth.issuers]]`: that issuer).
     #[serde(default)]
     pub issuers: Vec<String>,
     /// Scopes every token must carry.
@@ -591,6 +592,10 @@ pub struct IssuerFile {
     pub pem_keys: Vec<PathBuf>,
     /// Shared secret for HS* algorithms.
     pub hmac_secret_file: Option<PathBuf>,
+    /// Claim naming the organisation in this issuer's tokens (default: `auth.organisation_claim`).
+    pub organisation_claim: Option<String>,
+    /// The only organisations this issuer may vouch for (default: any).
+    pub organisations: Option<Vec<String>>,
     /// `[auth.issuers.introspection]`: RFC 7662 for opaque tokens.
     pub introspection: Option<IntrospectionFile>,
 }

@@ -129,6 +129,10 @@ pub struct IssuerSettings {
     pub keys: Option<crate::auth::jwks::KeySource>,
     /// RFC 7662 introspection for opaque tokens.
     pub introspection: Option<crate::auth::introspection::IntrospectionConfig>,
+    /// Claim naming the organisation in this issuer's tokens (its own, else the global one).
+    pub organisation_claim: Option<String>,
+    /// The only organisations this issuer may vouch for; `None`: any.
+    pub organisations: Option<Vec<String>>,
 }
 
 /// Validated `[certs]`.
@@ -322,7 +326,7 @@ pub struct Route {
     pub origins: crate::auth::origin::OriginPolicy,
     /// What each request must prove.
     pub require: RequireAuth,
-    /// Issuers whose tokens are accepted (all configured ones unless restricted).
+    /// Issuers whose tokens are accepted (listed; the only issuer when one is configured).
     pub issuers: Vec<String>,
     /// Scopes every token must carry.
     pub scopes: Vec<String>,
@@ -659,6 +663,22 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
             ));
         }
         if route.issuers.is_empty() && needs_token {
+            // With several issuers a default of "all of them" lets any one vouch for users and
+            // organisations that belong to another (a partner's IdP can mint any claim), so
+            // the route must say whose tokens it takes.
+            if let [first, _, ..] = auth.issuers.as_slice() {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].auth.issuers"),
+                    format!(
+                        "is required: {} [[auth.issuers]] are configured and without a list every one of them would be trusted for every user and organisation on this route",
+                        auth.issuers.len()
+                    ),
+                    format!(
+                        "list the issuers whose tokens the route accepts, e.g. issuers = [\"{}\"]",
+                        first.issuer
+                    ),
+                ));
+            }
             route.issuers = auth.issuers.iter().map(|s| s.issuer.clone()).collect();
         }
         for (j, iss) in route.issuers.iter().enumerate() {
@@ -1144,6 +1164,15 @@ fn validate_auth(
             "use letters, digits and `-`, e.g. \"x-mcp-edge-\"",
         ));
     }
+    if let Some(c) = &a.organisation_claim
+        && c.trim().is_empty()
+    {
+        return Err(ConfigError::invalid(
+            "auth.organisation_claim",
+            "is empty",
+            "name the token claim that carries the organisation, e.g. \"org_id\"",
+        ));
+    }
     let mut issuers: Vec<IssuerSettings> = Vec::with_capacity(a.issuers.len());
     for (i, f) in a.issuers.into_iter().enumerate() {
         let key = |k: &str| format!("auth.issuers[{i}].{k}");
@@ -1285,6 +1314,42 @@ fn validate_auth(
                 "an HMAC secret is never derived from a public key: use one or the other",
             ));
         }
+        if let Some(c) = &f.organisation_claim
+            && c.trim().is_empty()
+        {
+            return Err(ConfigError::invalid(
+                key("organisation_claim"),
+                "is empty",
+                "name the claim that carries the organisation in this issuer's tokens, e.g. \"org_id\", or remove the key to use auth.organisation_claim",
+            ));
+        }
+        let organisation_claim = f
+            .organisation_claim
+            .clone()
+            .or_else(|| a.organisation_claim.clone());
+        if let Some(orgs) = &f.organisations {
+            if orgs.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("organisations"),
+                    "is empty, so the issuer could vouch for no token at all",
+                    "list the organisations the issuer may vouch for, e.g. [\"partner-a\"], or remove the issuer",
+                ));
+            }
+            if let Some(j) = orgs.iter().position(|o| o.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    key(&format!("organisations[{j}]")),
+                    "is empty",
+                    "write the organisation exactly as the token's organisation claim carries it",
+                ));
+            }
+            if organisation_claim.is_none() {
+                return Err(ConfigError::invalid(
+                    key("organisations"),
+                    "is set but no claim names the organisation",
+                    "set organisation_claim on this issuer (or auth.organisation_claim), e.g. \"org_id\"",
+                ));
+            }
+        }
         issuers.push(IssuerSettings {
             authorization_server: f.authorization_server.unwrap_or_else(|| f.issuer.clone()),
             issuer: f.issuer,
@@ -1293,16 +1358,9 @@ fn validate_auth(
             max_token_bytes: f.max_token_bytes,
             keys,
             introspection,
+            organisation_claim,
+            organisations: f.organisations,
         });
-    }
-    if let Some(c) = &a.organisation_claim
-        && c.trim().is_empty()
-    {
-        return Err(ConfigError::invalid(
-            "auth.organisation_claim",
-            "is empty",
-            "name the token claim that carries the organisation, e.g. \"org_id\"",
-        ));
     }
     let upstream_token = match a.upstream_token {
         None => None,

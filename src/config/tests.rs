@@ -1435,3 +1435,92 @@ fn sessions_and_audit_paths_resolve() {
         &["sometimes"],
     );
 }
+
+/// `LISTENER`, our IdP and a partner's (`partner_extra` adds keys to the partner's table), and
+/// one route with `route_auth` as its `[routes.auth]` body.
+fn two_issuers(partner_extra: &str, route_auth: &str) -> String {
+    with_routes(&format!(
+        "[auth]\norganisation_claim = \"org_id\"\n\
+         [[auth.issuers]]\nissuer = \"https://idp.example\"\nalgorithms = [\"ES256\"]\npem_keys = [\"idp.pem\"]\n\
+         [[auth.issuers]]\nissuer = \"https://login.partner-a.example\"\nalgorithms = [\"ES256\"]\njwks_file = \"partner-a.json\"\n{partner_extra}\n\
+         [[routes]]\npath = \"/mcp\"\nupstream = \"http://127.0.0.1:9000/mcp\"\n[routes.auth]\n{route_auth}\n"
+    ))
+}
+
+#[test]
+fn with_several_issuers_every_token_route_lists_its_issuers() {
+    for require in ["token", "either", "both"] {
+        let text = two_issuers("", &format!("require = \"{require}\"")).replace(
+            "[listener.tls]\n",
+            "[listener.tls]\nclient_auth = \"optional\"\nclient_ca = \"ca.pem\"\n",
+        );
+        let shown = invalid(
+            &text,
+            "routes[0].auth.issuers",
+            &["is required", "2 [[auth.issuers]]"],
+        );
+        assert!(
+            shown.contains("issuers = [\"https://idp.example\"]"),
+            "the fix shows the key to write: {shown}"
+        );
+    }
+    // Listing them is the fix; a route that takes no token needs no list.
+    let c = ok(&two_issuers(
+        "",
+        "require = \"token\"\nissuers = [\"https://login.partner-a.example\"]",
+    ));
+    assert_eq!(c.routes[0].issuers, ["https://login.partner-a.example"]);
+    ok(&two_issuers("", "require = \"none\""));
+    // With one issuer the route still defaults to it.
+    let c = ok(&token_route("", "[routes.auth]\nrequire = \"token\"\n"));
+    assert_eq!(c.routes[0].issuers, ["https://idp.example"]);
+}
+
+#[test]
+fn issuers_have_their_own_organisation_claim_and_allowlist() {
+    let route = "require = \"token\"\nissuers = [\"https://idp.example\", \"https://login.partner-a.example\"]";
+    let c = ok(&two_issuers(
+        "organisation_claim = \"tenant\"\norganisations = [\"partner-a\", \"partner-a-eu\"]",
+        route,
+    ));
+    let (ours, partner) = (&c.auth.issuers[0], &c.auth.issuers[1]);
+    assert_eq!(ours.organisation_claim.as_deref(), Some("org_id"));
+    assert_eq!(ours.organisations, None);
+    assert_eq!(partner.organisation_claim.as_deref(), Some("tenant"));
+    assert_eq!(
+        partner.organisations.as_deref(),
+        Some(&["partner-a".to_owned(), "partner-a-eu".to_owned()][..])
+    );
+    // Without its own claim an issuer uses auth.organisation_claim.
+    let c = ok(&two_issuers("organisations = [\"partner-a\"]", route));
+    assert_eq!(
+        c.auth.issuers[1].organisation_claim.as_deref(),
+        Some("org_id")
+    );
+
+    invalid(
+        &two_issuers("organisation_claim = \" \"", route),
+        "auth.issuers[1].organisation_claim",
+        &["is empty"],
+    );
+    invalid(
+        &two_issuers("organisations = []", route),
+        "auth.issuers[1].organisations",
+        &["is empty"],
+    );
+    invalid(
+        &two_issuers("organisations = [\"partner-a\", \"\"]", route),
+        "auth.issuers[1].organisations[1]",
+        &["is empty"],
+    );
+    invalid(
+        &two_issuers("organisations = [\"partner-a\"]", route)
+            .replace("organisation_claim = \"org_id\"\n", ""),
+        "auth.issuers[1].organisations",
+        &["no claim names the organisation"],
+    );
+    parse_error(
+        &two_issuers("organisation = [\"partner-a\"]", route),
+        &["organisation"],
+    );
+}

@@ -90,7 +90,8 @@ fn set_identity_headers(h: &mut http::HeaderMap, prefix: &str, identity: &Identi
     };
     if let Some(c) = &identity.claims {
         put("issuer", &c.issuer);
-        if let Some(sub) = &c.subject {
+        // `<iss>#<sub>` when several issuers are configured: two IdPs' `alice` differ.
+        if let Some(sub) = &c.backend_subject {
             put("subject", sub);
         }
         if let Some(client) = &c.client_id {

@@ -159,7 +159,6 @@ impl Proxy {
         let identity = crate::auth::authenticate(
             &route.config,
             &gw.issuers,
-            gw.config.auth.organisation_claim.as_deref(),
             &parts.headers,
             parts.uri.query(),
             ctx.conn.client_cert.clone(),

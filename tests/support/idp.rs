@@ -13,23 +13,38 @@ pub struct Idp {
     key: EncodingKey,
     /// PEM public key for `pem_keys`.
     pub public_pem: String,
+    /// The `iss` of its tokens.
+    pub issuer: String,
 }
 
 impl Idp {
-    /// A fresh P-256 key.
+    /// A fresh P-256 key issuing as [`ISSUER`].
     pub fn new() -> Idp {
+        Idp::with_issuer(ISSUER)
+    }
+
+    /// A fresh P-256 key issuing as `issuer` (a second identity provider, e.g. a partner's).
+    pub fn with_issuer(issuer: &str) -> Idp {
         let kp = rcgen::KeyPair::generate().expect("key");
         Idp {
             key: EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).expect("pem"),
             public_pem: kp.public_key_pem(),
+            issuer: issuer.to_owned(),
         }
     }
 
     /// Writes the public key to `dir/idp.pem` and returns the `[[auth.issuers]]` table.
     pub fn issuer_toml(&self, dir: &std::path::Path) -> String {
-        std::fs::write(dir.join("idp.pem"), &self.public_pem).expect("write idp.pem");
+        self.issuer_table(dir, "idp.pem", "")
+    }
+
+    /// Writes the public key to `dir/file` and returns the `[[auth.issuers]]` table with the
+    /// `extra` lines (`organisations = …`) appended.
+    pub fn issuer_table(&self, dir: &std::path::Path, file: &str, extra: &str) -> String {
+        std::fs::write(dir.join(file), &self.public_pem).expect("write the issuer key");
         format!(
-            "[[auth.issuers]]\nissuer = \"{ISSUER}\"\nalgorithms = [\"ES256\"]\npem_keys = [\"idp.pem\"]\n"
+            "[[auth.issuers]]\nissuer = \"{}\"\nalgorithms = [\"ES256\"]\npem_keys = [\"{file}\"]\n{extra}\n",
+            self.issuer
         )
     }
 
@@ -40,7 +55,7 @@ impl Idp {
             .expect("clock")
             .as_secs();
         let mut c = serde_json::json!({
-            "iss": ISSUER, "sub": "agent-7", "aud": format!("https://localhost:8443{path}"),
+            "iss": self.issuer, "sub": "agent-7", "aud": format!("https://localhost:8443{path}"),
             "exp": now + 600, "iat": now, "scope": "mcp:tools", "client_id": "partner-a",
         });
         if let (Some(c), Some(o)) = (c.as_object_mut(), overrides.as_object()) {
