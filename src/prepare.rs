@@ -438,3 +438,6 @@ pub(crate) fn digest_files(files: &[PathBuf]) -> [u8; 32] {
     out.copy_from_slice(ctx.finish().as_ref());
     out
 }
+
+#[cfg(test)]
+mod tests;
