@@ -1,6 +1,7 @@
-//! Wires a validated config into running listeners: builds certificates and upstream clients
-//! (before binding anything, so a bad file never leaves a half-started proxy), binds, spawns
-//! the accept loops, and runs until a signal asks it to stop.
+//! Wires a validated config into running listeners: [`prepare`]s it (certificates, issuers,
+//! upstream clients, keys, before binding anything, so a bad file never leaves a
+//! half-started proxy), binds, spawns the accept loops, and runs until a signal asks it to
+//! stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,40 +14,20 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::listener::PublicListener;
-use crate::proxy::{Gateway, Proxy, RouteSetupError};
+use crate::prepare::{PrepareError, Prepared, Purpose, prepare};
+use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
-use crate::tls::TlsSetupError;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Server certificate material unusable.
-    #[error("listener.tls: {0}")]
-    Tls(#[from] TlsSetupError),
-    /// Upstream client configuration unusable.
+    /// The config names something unusable (certificates, keys, issuers, upstream clients):
+    /// the same errors a reload and `check` report.
     #[error(transparent)]
-    Upstream(#[from] RouteSetupError),
+    Prepare(#[from] PrepareError),
     /// The audit log cannot be opened.
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
-    /// The upstream token signing key is unusable.
-    #[error("auth.upstream_token: {0}")]
-    UpstreamToken(#[from] crate::auth::upstream_token::UpstreamTokenError),
-    /// The audit HMAC key is unusable.
-    #[error("audit.hmac_key_file: {0}")]
-    AuditKey(crate::session::KeyError),
-    /// The session sealing key is unusable.
-    #[error("sessions: {0}")]
-    SessionKey(#[from] crate::session::KeyError),
-    /// TLS material failed a check at start.
-    #[error(transparent)]
-    Reload(Box<crate::reload::ReloadError>),
-    /// A token issuer's keys could not be set up.
-    #[error(transparent)]
-    Issuers(#[from] crate::auth::bearer::IssuerSetupError),
-    /// The certificate alert hooks cannot be set up.
-    #[error("certs: {0}")]
-    Alerts(Box<crate::certs::alerts::AlertSetupError>),
     /// Socket activation unusable.
     #[error(transparent)]
     Activation(#[from] crate::systemd::ActivationError),
@@ -106,32 +87,19 @@ impl Running {
     }
 }
 
-/// Builds everything from `config`, binds the listeners and starts serving.
+/// Builds everything from `config` ([`prepare`]), binds the listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let config = Arc::new(config);
-    let now = std::time::SystemTime::now();
-    let material = crate::reload::build_tls(&config, now, false, &[]).map_err(|e| match e {
-        crate::reload::ReloadError::Cert(c) => StartError::Tls(TlsSetupError::Cert(c)),
-        crate::reload::ReloadError::Tls(t) => StartError::Tls(t),
-        other => StartError::Reload(Box::new(other)),
-    })?;
-    for c in material
-        .certs
-        .iter()
-        .filter(|c| c.info.time_left(now).is_none())
-    {
-        // Starting anyway keeps routes that use other certificates up; clients of this one
-        // will fail their handshakes until it is renewed.
-        tracing::error!(path = %c.path.display(), subject = %c.info.subject, "serving certificate has expired");
+    let Prepared {
+        config,
+        tls: material,
+        gateway,
+        audit,
+        alerter,
+        warnings,
+    } = prepare(config, Purpose::Start).await?;
+    for w in &warnings {
+        w.log();
     }
-    if let (Some(default), Some(host)) = (material.certs.first(), config.listener.public_url.host())
-        && host.parse::<std::net::IpAddr>().is_err()
-        && !default.info.covers(host)
-    {
-        // Reloads refuse such a certificate; say so now rather than at the first rotation.
-        tracing::warn!(path = %default.path.display(), host, "the default certificate does not cover listener.public_url's host; certificate reloads will be refused until it does");
-    }
-    let gateway = build_gateway(config.clone()).await?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -167,23 +135,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let shutdown = Shutdown::new();
     let tasks = TaskTracker::new();
-    let audit = match &config.audit {
+    let audit = match audit {
         None => None,
-        Some(a) => {
-            let hmac_key = a
-                .hmac_key_file
-                .as_deref()
-                .map(crate::session::load_key_file)
-                .transpose()
-                .map_err(StartError::AuditKey)?
-                .map(|k| k.to_vec());
-            let options = crate::audit::AuditOptions {
-                hmac_key,
-                fsync: a.fsync,
-                ..Default::default()
-            };
-            Some(Arc::new(crate::audit::AuditLog::open(&a.file, options)?))
-        }
+        Some(a) => Some(Arc::new(crate::audit::AuditLog::open(&a.file, a.options)?)),
     };
     let proxy = Arc::new(Proxy::new(gateway, shutdown.clone(), audit.clone()));
     let tls = Arc::new(ArcSwap::new(material.config.clone()));
@@ -200,8 +154,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.certs.watch,
         watcher_stop.clone(),
     );
-    let alerter = crate::certs::alerts::Alerter::new(&config.certs)
-        .map_err(|e| StartError::Alerts(Box::new(e)))?;
     let monitor = Arc::new(crate::monitor::Monitor::new(
         proxy.clone(),
         reloader.clone(),
@@ -248,19 +200,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         monitor,
         watcher_stop,
     })
-}
-
-/// Builds the request-path snapshot of `config`: issuers, session sealer, upstream token
-/// signer, routes and their upstream clients.
-pub async fn build_gateway(config: Arc<Config>) -> Result<Gateway, StartError> {
-    let issuers = Arc::new(crate::auth::bearer::Issuers::build(&config.auth).await?);
-    let sealer = Arc::new(crate::session::SessionSealer::from_settings(
-        &config.sessions,
-    )?);
-    let signer = crate::auth::upstream_token::UpstreamSigner::from_settings(
-        config.auth.upstream_token.as_ref(),
-    )?;
-    Ok(Gateway::new(config, issuers, sealer, signer)?)
 }
 
 /// Runs until SIGTERM or Ctrl-C, then drains; a second signal forces an immediate stop.

@@ -3,13 +3,10 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::app::StartError;
 use crate::config::{self, ConfigError, Transport};
-use crate::proxy::Gateway;
-use crate::tls::{self, TlsSetupError};
+use crate::prepare::{PrepareError, Prepared, Purpose, prepare};
 
 /// Why `check` failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,72 +14,24 @@ pub enum CheckError {
     /// The config file itself.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A certificate, key or upstream client setting.
+    /// A file or setting it names, as start-up and reloads report it.
     #[error(transparent)]
-    Start(#[from] StartError),
-    /// A serving certificate is past its not-after date.
-    #[error(
-        "listener.tls: certificate {path} expired at {not_after}; install a renewed certificate before starting"
-    )]
-    Expired {
-        /// Certificate file.
-        path: std::path::PathBuf,
-        /// Its not-after date (RFC 3339).
-        not_after: String,
-    },
-    /// A serving certificate is not valid yet (clients will reject it).
-    #[error(
-        "listener.tls: certificate {path} is not valid before {not_before}; check the issuer's clock or install the current certificate"
-    )]
-    NotYetValid {
-        /// Certificate file.
-        path: std::path::PathBuf,
-        /// Its not-before date (RFC 3339).
-        not_before: String,
-    },
+    Prepare(#[from] PrepareError),
 }
 
 /// Validates the config at `path` and every file it names; returns a human summary.
-pub fn run(path: &Path) -> Result<String, CheckError> {
+pub async fn run(path: &Path) -> Result<String, CheckError> {
     let cfg = config::load(path)?;
-    let (_, certs) = tls::load_resolver(&cfg.listener.tls)
-        .map_err(|e| StartError::Tls(TlsSetupError::Cert(e)))?;
-    // The whole listener TLS setup as start-up builds it: client CA bundle and CRLs too.
-    crate::reload::build_tls(&cfg, SystemTime::now(), false, &[]).map_err(|e| match e {
-        crate::reload::ReloadError::Cert(c) => StartError::Tls(TlsSetupError::Cert(c)),
-        crate::reload::ReloadError::Tls(t) => StartError::Tls(t),
-        other => StartError::Reload(Box::new(other)),
-    })?;
-    crate::certs::alerts::Alerter::new(&cfg.certs).map_err(|e| StartError::Alerts(Box::new(e)))?;
-    if let Some(a) = &cfg.audit
-        && let Some(k) = &a.hmac_key_file
-    {
-        crate::session::load_key_file(k).map_err(StartError::AuditKey)?;
-    }
-    let cfg = Arc::new(cfg);
-    // Issuer key sources are not contacted: `check` makes no network calls.
-    let sealer = crate::session::SessionSealer::from_settings(&cfg.sessions)
-        .map_err(StartError::SessionKey)?;
-    let signer = crate::auth::upstream_token::UpstreamSigner::from_settings(
-        cfg.auth.upstream_token.as_ref(),
-    )
-    .map_err(StartError::UpstreamToken)?;
-    Gateway::new(cfg.clone(), Default::default(), Arc::new(sealer), signer)
-        .map_err(StartError::Upstream)?;
+    // The path start-up takes, minus binding: issuer key sources are not contacted, and a
+    // certificate outside its validity window fails the check rather than being served.
+    let prepared = prepare(cfg, Purpose::Check).await?;
+    Ok(summary(path, &prepared, SystemTime::now()))
+}
 
-    let now = SystemTime::now();
-    if let Some(c) = certs.iter().find(|c| c.info.time_left(now).is_none()) {
-        return Err(CheckError::Expired {
-            path: c.path.clone(),
-            not_after: humantime::format_rfc3339_seconds(c.info.not_after).to_string(),
-        });
-    }
-    if let Some(c) = certs.iter().find(|c| c.info.not_before > now) {
-        return Err(CheckError::NotYetValid {
-            path: c.path.clone(),
-            not_before: humantime::format_rfc3339_seconds(c.info.not_before).to_string(),
-        });
-    }
+/// The text `check` prints for a config that passed: what would run, then any warnings.
+fn summary(path: &Path, prepared: &Prepared, now: SystemTime) -> String {
+    let cfg = &prepared.config;
+    let certs = &prepared.tls.certs;
     let mut out = String::new();
     let _ = writeln!(out, "config {} is valid", path.display());
     let _ = writeln!(
@@ -93,7 +42,7 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
         cfg.listener.max_connections,
         cfg.listener.max_connections_per_ip
     );
-    for c in &certs {
+    for c in certs {
         let days = c.info.time_left(now).map_or_else(
             || "EXPIRED".to_owned(),
             |d| format!("{} days left", d.as_secs() / 86_400),
@@ -117,5 +66,9 @@ pub fn run(path: &Path) -> Result<String, CheckError> {
     if let Some(a) = &cfg.admin {
         let _ = writeln!(out, "admin: {}", a.bind);
     }
-    Ok(out)
+    // On stdout with the summary: stderr is for the one error that makes the check fail.
+    for w in &prepared.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
 }

@@ -21,7 +21,8 @@
 //!
 //! Beside the path: [`config`] (typed, validated config), [`certs`] (PEM loading and checks),
 //! [`telemetry`] (logs, access log), [`shutdown`] (drain signals), [`admin`] (health
-//! endpoints), [`app`] (wiring), [`reload`] (live reload), [`check`] (`mcp-edge check`) and
+//! endpoints), [`prepare`] (config to a servable snapshot, shared by start, reload and
+//! `check`), [`app`] (wiring), [`reload`] (live reloads), [`check`] (`mcp-edge check`) and
 //! [`demo`] (`mcp-edge demo`).
 // `deny`, not `forbid`: socket activation (src/systemd.rs) adopts inherited file descriptors,
 // which std only offers as `unsafe`; that one spot allows it with a SAFETY note.
@@ -41,6 +42,7 @@ pub mod listener;
 pub mod mcp;
 pub mod monitor;
 pub mod policy;
+pub mod prepare;
 pub mod proxy;
 pub mod reload;
 pub mod session;

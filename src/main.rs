@@ -91,16 +91,18 @@ fn main() -> ExitCode {
     // One crypto library for everything; must happen before any rustls config is built.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
-        Command::Check { config } => match mcp_edge::check::run(&config) {
-            Ok(summary) => {
-                print!("{summary}");
-                ExitCode::SUCCESS
+        Command::Check { config } => runtime(async move {
+            match mcp_edge::check::run(&config).await {
+                Ok(summary) => {
+                    print!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcp-edge check: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
             }
-            Err(e) => {
-                eprintln!("mcp-edge check: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        }),
         Command::Run { config } => {
             let cfg = match mcp_edge::config::load(&config) {
                 Ok(cfg) => cfg,

@@ -9,8 +9,10 @@
 //!   swap routes, policies, issuers and limits as one snapshot, together with TLS material
 //!   built from the new file.
 //!
-//! Every candidate is loaded and checked in full (parses, key matches certificate, not
-//! expired, covers the configured names, CRLs current) before one atomic swap. On any failure
+//! Every candidate is built and checked in full by [`crate::prepare`], the path start-up and
+//! `check` take too (parses, key matches certificate, within its validity window unless
+//! already in service, covers the configured names and `public_url`'s host, CRLs current),
+//! before one atomic swap. On any failure
 //! the last good state keeps serving and the error names the file and the reason. Existing
 //! connections keep the configuration they were accepted with, so open SSE streams are never
 //! cut; new handshakes get the new certificate. Client CA or CRL changes build a new rustls
@@ -22,12 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use aws_lc_rs::digest;
 use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::certs::{CertError, LoadedCert};
+use crate::certs::LoadedCert;
 use crate::config::{Config, ConfigError};
+use crate::prepare::{
+    PrepareError, Purpose, TlsError, TlsMaterial, digest_files, listener_files, upstream_files,
+};
 use crate::proxy::{Gateway, Proxy};
 
 mod links;
@@ -35,36 +39,19 @@ mod links;
 /// Why a reload was refused (the previous state stays in service).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// A certificate, key, CA bundle or CRL is unusable.
-    #[error(transparent)]
-    Cert(#[from] CertError),
-    /// A replacement certificate has already expired.
-    #[error("{path}: certificate expired at {not_after}; install a current certificate")]
-    Expired {
-        /// The file.
-        path: PathBuf,
-        /// Its not-after date (RFC 3339).
-        not_after: String,
-    },
-    /// The default certificate does not cover the host clients use.
-    #[error("{path}: certificate does not cover `{host}` (listener.public_url); it names [{sans}]")]
-    HostNotCovered {
-        /// The file.
-        path: PathBuf,
-        /// Host of `listener.public_url`.
-        host: String,
-        /// The certificate's DNS names.
-        sans: String,
-    },
-    /// The listener TLS configuration could not be built.
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsSetupError),
     /// The config file is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The new config's components could not be built (keys, upstream clients, issuers).
+    /// What the config names could not be built or failed a check (TLS files, keys,
+    /// issuers, upstream clients): the same errors start-up and `check` report.
     #[error(transparent)]
-    Start(#[from] crate::app::StartError),
+    Prepare(#[from] PrepareError),
+}
+
+impl From<TlsError> for ReloadError {
+    fn from(e: TlsError) -> Self {
+        ReloadError::Prepare(e.into())
+    }
 }
 
 /// Counters of reload attempts, for logs, `/metrics` and the systemd status line.
@@ -89,124 +76,6 @@ impl ReloadStats {
             *last = Some(e.to_string());
         }
     }
-}
-
-/// TLS material built from one config, ready to swap in.
-pub struct TlsMaterial {
-    /// The listener configuration.
-    pub config: Arc<ServerConfig>,
-    /// The server certificates in it.
-    pub certs: Vec<LoadedCert>,
-    listener_digest: [u8; 32],
-    upstream_digest: [u8; 32],
-}
-
-/// Every listener-side TLS file of `cfg`: server certificates and keys, client CA, CRLs.
-pub fn listener_files(cfg: &Config) -> Vec<PathBuf> {
-    let tls = &cfg.listener.tls;
-    let mut files = vec![tls.cert.clone(), tls.key.clone()];
-    for s in &tls.sni {
-        files.push(s.cert.clone());
-        files.push(s.key.clone());
-    }
-    files.extend(tls.client_auth.ca.iter().cloned());
-    files.extend(tls.client_auth.crls.iter().cloned());
-    files
-}
-
-/// Every upstream TLS file of `cfg` (CA bundles, client certificates and keys).
-pub fn upstream_files(cfg: &Config) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for r in &cfg.routes {
-        if let Some(t) = &r.upstream.tls {
-            files.push(t.ca.clone());
-            files.extend(t.client_cert.iter().cloned());
-            files.extend(t.client_key.iter().cloned());
-        }
-    }
-    files
-}
-
-/// SHA-256 over the names and contents of `files`. An unreadable file counts as a change
-/// (marked, not an error here): the loaders that run next report it with its config key.
-fn digest_files(files: &[PathBuf]) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for path in files {
-        ctx.update(path.as_os_str().as_encoded_bytes());
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                ctx.update(&[1]);
-                ctx.update(&(bytes.len() as u64).to_be_bytes());
-                ctx.update(&bytes);
-            }
-            Err(_) => ctx.update(&[0]),
-        }
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
-/// Loads and checks the listener TLS material of `cfg`. `strict` (reloads) also refuses
-/// expired certificates and a default certificate that does not cover `public_url`'s host;
-/// at start-up those are logged instead, so one bad certificate does not stop every route.
-///
-/// An expired certificate that is already in service (same bytes) does not block a reload:
-/// otherwise one forgotten SNI certificate would stop every other renewal.
-pub fn build_tls(
-    cfg: &Config,
-    now: SystemTime,
-    strict: bool,
-    serving: &[LoadedCert],
-) -> Result<TlsMaterial, ReloadError> {
-    // Digest first: if a file is being rewritten while we read it, the next event or rescan
-    // sees a different digest and loads again.
-    let listener_digest = digest_files(&listener_files(cfg));
-    let upstream_digest = digest_files(&upstream_files(cfg));
-    let (resolver, certs) = crate::tls::load_resolver(&cfg.listener.tls)?;
-    if strict {
-        let served = |c: &LoadedCert| {
-            serving
-                .iter()
-                .any(|s| s.certified.cert.first() == c.certified.cert.first())
-        };
-        if let Some(c) = certs
-            .iter()
-            .find(|c| c.info.time_left(now).is_none() && !served(c))
-        {
-            return Err(ReloadError::Expired {
-                path: c.path.clone(),
-                not_after: humantime::format_rfc3339_seconds(c.info.not_after).to_string(),
-            });
-        }
-        if let (Some(default), Some(host)) = (certs.first(), cfg.listener.public_url.host()) {
-            let ip = host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .ok();
-            let covered = match ip {
-                Some(ip) => default.info.ip_names.contains(&ip),
-                None => default.info.covers(host),
-            };
-            if !covered {
-                return Err(ReloadError::HostNotCovered {
-                    path: default.path.clone(),
-                    host: host.to_owned(),
-                    sans: default.info.dns_names.join(", "),
-                });
-            }
-        }
-    }
-    let verifier = crate::auth::mtls::verifier(&cfg.listener.tls.client_auth, now)
-        .map_err(crate::tls::TlsSetupError::from)?;
-    let config =
-        crate::tls::server_config(Arc::new(resolver), cfg.listener.tls.allow_tls12, verifier)?;
-    Ok(TlsMaterial {
-        config,
-        certs,
-        listener_digest,
-        upstream_digest,
-    })
 }
 
 /// What a reload did.
@@ -341,23 +210,24 @@ impl Reloader {
     }
 
     async fn apply_config(&self, path: &Path) -> Result<ReloadOutcome, ReloadError> {
-        let new = Arc::new(crate::config::load(path)?);
+        let new = crate::config::load(path)?;
         let needs_restart = fixed_at_start(&self.started, &new);
-        // Build everything before touching anything.
-        let material = build_tls(&new, SystemTime::now(), true, &self.serving())?;
-        crate::certs::alerts::Alerter::new(&new.certs)
-            .map_err(|e| ReloadError::Start(crate::app::StartError::Alerts(Box::new(e))))?;
+        // Build everything before touching anything: the same path start-up takes.
+        let serving = self.serving();
+        let prepared = crate::prepare::prepare(new, Purpose::Reload { serving: &serving }).await?;
+        for w in &prepared.warnings {
+            w.log();
+        }
         let tls_changed = self
             .applied
             .lock()
-            .map(|a| a.0 != material.listener_digest)
+            .map(|a| a.0 != prepared.tls.listener_digest)
             .unwrap_or(true);
-        let gateway = crate::app::build_gateway(new.clone())
-            .await
-            .map_err(ReloadError::Start)?;
-        self.tls.store(material.config.clone());
-        self.proxy.swap(gateway);
-        self.remember(&material, tls_changed);
+        // The alerter was built only to check `[certs]`: the monitor builds its own when it
+        // sees the new config, carrying over what was already sent.
+        self.tls.store(prepared.tls.config.clone());
+        self.proxy.swap(prepared.gateway);
+        self.remember(&prepared.tls, tls_changed);
         Ok(ReloadOutcome {
             tls_changed,
             upstreams_rebuilt: true,
@@ -387,7 +257,15 @@ impl Reloader {
             needs_restart: Vec::new(),
         };
         if listener_now != listener_was {
-            let material = build_tls(cfg, SystemTime::now(), true, &self.serving())?;
+            let serving = self.serving();
+            let (material, warnings) = crate::prepare::tls(
+                cfg,
+                SystemTime::now(),
+                Purpose::Reload { serving: &serving },
+            )?;
+            for w in &warnings {
+                w.log();
+            }
             self.tls.store(material.config.clone());
             if let Ok(mut s) = self.serving.lock() {
                 *s = material.certs.clone();
@@ -401,7 +279,7 @@ impl Reloader {
         if upstream_now != upstream_was
             && let Some(g) = gateway
         {
-            let rebuilt = g.rebuild().map_err(|e| ReloadError::Start(e.into()))?;
+            let rebuilt = g.rebuild().map_err(|e| ReloadError::Prepare(e.into()))?;
             self.proxy.swap(rebuilt);
             if let Ok(mut a) = self.applied.lock() {
                 a.1 = upstream_now;

@@ -782,3 +782,79 @@ require = "token"
     );
     check_ok(&fx.config(&text("issuers = [\"https://login.partner-a.example\"]")));
 }
+
+// ── The public_url host, as start-up and reloads judge it ────────────────────────────────────
+
+/// A config like [`Fixture::config_with`] but with `public_url` set to `url`.
+fn with_public_url(fx: &Fixture, url: &str, cert: &str, extra: &str) -> PathBuf {
+    let path = fx.config_with(&format!("{cert}.pem"), &format!("{cert}.key"), extra);
+    let text = fx.read("edge.toml").replace(
+        "public_url = \"https://localhost:8443\"",
+        &format!("public_url = \"{url}\""),
+    );
+    fx.write("edge.toml", text);
+    path
+}
+
+#[test]
+fn ip_public_url_needs_an_ip_san_in_the_default_certificate() {
+    let fx = Fixture::new();
+    fx.issue("dns_only", &["localhost"]);
+    for (url, host) in [
+        ("https://127.0.0.1:8443", "127.0.0.1"),
+        ("https://[::1]:8443", "::1"),
+    ] {
+        let config = with_public_url(&fx, url, "dns_only", "");
+        check_fails(
+            &config,
+            &[
+                &format!(
+                    "listener.public_url: certificate {} does not cover `{host}`",
+                    show(&fx.path("dns_only.pem"))
+                ),
+                "it names [localhost]",
+                "IP SAN",
+            ],
+        );
+    }
+    // The fixture's default certificate carries 127.0.0.1.
+    let out = check_ok(&with_public_url(
+        &fx,
+        "https://127.0.0.1:8443",
+        "server",
+        "",
+    ));
+    assert!(out.contains("public URL https://127.0.0.1:8443/"), "{out}");
+}
+
+#[test]
+fn public_url_host_may_be_served_by_an_sni_certificate() {
+    let fx = Fixture::new();
+    fx.issue("edge", &["edge.example"]);
+    check_fails(
+        &with_public_url(&fx, "https://edge.example", "server", ""),
+        &[
+            "does not cover `edge.example`",
+            "it names [localhost, 127.0.0.1]",
+        ],
+    );
+    let sni = "[[listener.tls.sni]]\nnames = [\"edge.example\"]\ncert = \"edge.pem\"\nkey = \"edge.key\"\n";
+    check_ok(&with_public_url(&fx, "https://edge.example", "server", sni));
+}
+
+#[test]
+fn certificate_not_valid_yet_fails_check() {
+    let fx = Fixture::new();
+    let now = now_secs();
+    self_signed(&fx, "early", now + 86_400, now + 30 * 86_400);
+    check_fails(
+        &fx.config_with("early.pem", "early.key", ""),
+        &[
+            &format!(
+                "certificate {} is not valid before",
+                show(&fx.path("early.pem"))
+            ),
+            "clock",
+        ],
+    );
+}

@@ -599,3 +599,103 @@ async fn admin_reload_metrics_certs_and_readiness() {
     assert!(r.text().await.unwrap().contains("expired"));
     second.shutdown.force();
 }
+
+/// `mcp-edge check` on `config`: exit status and stderr.
+fn run_check(config: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .env_remove("MCP_EDGE_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn start_reload_and_check_agree_on_an_ip_public_url() {
+    // Serving a `localhost`-only certificate; public_url moves to an IP address it lacks.
+    let live = start("tls").await;
+    let tls = live.dir.path().join("tls");
+    let original = der(&std::fs::read_to_string(tls.join("server.pem")).unwrap());
+    let good = std::fs::read_to_string(&live.config).unwrap();
+    let by_ip = good.replace(
+        "public_url = \"https://localhost:8443\"",
+        "public_url = \"https://127.0.0.1:8443\"",
+    );
+    assert_ne!(by_ip, good);
+    write(&live.config, &by_ip);
+
+    // The same refusal, word for word, from all three paths.
+    let reload = live
+        .running
+        .reloader
+        .reload_config()
+        .await
+        .expect_err("reload refuses")
+        .to_string();
+    let start = match app::start(mcp_edge::config::load(&live.config).unwrap()).await {
+        Ok(r) => {
+            r.shutdown.force();
+            panic!("start accepted a certificate that lacks public_url's IP host");
+        }
+        Err(e) => e.to_string(),
+    };
+    let (status, stderr) = run_check(&live.config);
+    assert_eq!(status, Some(64), "{stderr}");
+    let check = stderr
+        .trim_end()
+        .strip_prefix("mcp-edge check: ")
+        .unwrap_or_else(|| panic!("not a check error: {stderr}"));
+    assert!(
+        start.contains(&format!(
+            "listener.public_url: certificate {} does not cover `127.0.0.1`",
+            tls.join("server.pem").display()
+        )),
+        "{start}"
+    );
+    assert_eq!(reload, start);
+    assert_eq!(check, start);
+    assert_eq!(live.presented().await, original, "still serving");
+
+    // A certificate carrying the address as an IP SAN: all three accept it.
+    let with_ip = live.ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+    write(&tls.join("server.key"), &with_ip.key_pem);
+    write(&tls.join("server.pem"), &with_ip.cert_pem);
+    let (status, stderr) = run_check(&live.config);
+    assert_eq!(status, Some(0), "{stderr}");
+    let second = app::start(mcp_edge::config::load(&live.config).unwrap())
+        .await
+        .expect("start accepts it");
+    second.shutdown.force();
+    let outcome = live.running.reloader.reload_config().await.unwrap();
+    assert!(outcome.config_changed, "{outcome}");
+    live.wait_for(&with_ip).await;
+}
+
+#[tokio::test]
+async fn a_replacement_not_valid_yet_is_refused_like_an_expired_one() {
+    let live = start("tls").await;
+    let tls = live.dir.path().join("tls");
+    let original = der(&std::fs::read_to_string(tls.join("server.pem")).unwrap());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(4000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(4001, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    write(&tls.join("server.pem"), &cert.pem());
+    write(&tls.join("server.key"), &key.serialize_pem());
+    let err = live
+        .running
+        .reloader
+        .reload_tls()
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("is not valid before 4000-01-01"), "{err}");
+    assert_eq!(live.presented().await, original);
+}
