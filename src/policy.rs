@@ -16,10 +16,7 @@
 //! `spiffe://acme.example/*`). Resource prefixes may use `{org}` and `{sub}`, filled from the
 //! principal, so one rule can give every organisation its own namespace.
 
-use std::collections::BTreeSet;
 
-use crate::auth::jwt::Claims;
-use crate::auth::mtls::ClientIdentity;
 use crate::mcp::Message;
 
 /// Methods whose `params.uri` is checked against the principal's resource prefixes.
@@ -130,39 +127,8 @@ pub struct RoutePolicy {
     pub rules: Vec<Rule>,
 }
 
-/// Who is calling, as proven by the request path.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Principal<'a> {
-    /// Claims of a validated bearer token.
-    pub claims: Option<&'a Claims>,
-    /// Identity of a verified client certificate.
-    pub cert: Option<&'a ClientIdentity>,
-    /// Organisation, from the configured claim.
-    pub organisation: Option<&'a str>,
-}
-
-impl Principal<'_> {
-    /// A stable name for logs and the audit trail: `<iss>#<sub>` for tokens, the certificate
-    /// identity otherwise, `anonymous` for open routes.
-    pub fn label(&self) -> String {
-        if let Some(c) = self.claims {
-            let who = c
-                .subject
-                .as_deref()
-                .or(c.client_id.as_deref())
-                .unwrap_or("-");
-            return format!("{}#{who}", c.issuer);
-        }
-        match self.cert {
-            Some(id) => id.principal().to_owned(),
-            None => "anonymous".to_owned(),
-        }
-    }
-
-    fn scopes(&self) -> Option<&BTreeSet<String>> {
-        self.claims.map(|c| &c.scopes)
-    }
-}
+/// Who is calling, as the policy sees it (defined with the identity it is a view of).
+pub use crate::auth::identity::Principal;
 
 impl Matcher {
     /// Whether `p` satisfies every condition set.
@@ -471,6 +437,8 @@ pub fn check_prefix_template(template: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::jwt::Claims;
+    use crate::auth::mtls::ClientIdentity;
     use crate::mcp::{Id, MessageKind};
 
     fn claims(iss: &str, sub: &str, scopes: &[&str], raw: serde_json::Value) -> Claims {

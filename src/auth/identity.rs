@@ -25,7 +25,6 @@ use super::bearer::{self, BearerError, SharedIssuers};
 use super::jwt::Claims;
 use super::mtls::ClientIdentity;
 use crate::config::{RequireAuth, Route};
-use crate::policy::Principal;
 use crate::session::{self, PrincipalHash};
 
 /// Why a request's credentials are refused. Carries the `WWW-Authenticate` challenge where
@@ -157,6 +156,41 @@ pub struct AuthRefusal {
     pub challenge: Option<HeaderValue>,
 }
 
+/// Who is calling, as proven by the request path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Principal<'a> {
+    /// Claims of a validated bearer token.
+    pub claims: Option<&'a Claims>,
+    /// Identity of a verified client certificate.
+    pub cert: Option<&'a ClientIdentity>,
+    /// Organisation, from the configured claim.
+    pub organisation: Option<&'a str>,
+}
+
+impl Principal<'_> {
+    /// A stable name for logs and the audit trail: `<iss>#<sub>` for tokens, the certificate
+    /// identity otherwise, `anonymous` for open routes.
+    pub fn label(&self) -> String {
+        if let Some(c) = self.claims {
+            let who = c
+                .subject
+                .as_deref()
+                .or(c.client_id.as_deref())
+                .unwrap_or("-");
+            return format!("{}#{who}", c.issuer);
+        }
+        match self.cert {
+            Some(id) => id.principal().to_owned(),
+            None => "anonymous".to_owned(),
+        }
+    }
+
+    /// The token's scopes, if a token was presented.
+    pub fn scopes(&self) -> Option<&std::collections::BTreeSet<String>> {
+        self.claims.map(|c| &c.scopes)
+    }
+}
+
 /// The caller, as proven on this request.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
@@ -176,18 +210,12 @@ impl Identity {
         cert: Option<Arc<ClientIdentity>>,
         organisation: Option<String>,
     ) -> Self {
-        let label = match (&claims, &cert) {
-            (Some(c), _) => {
-                let who = c
-                    .subject
-                    .as_deref()
-                    .or(c.client_id.as_deref())
-                    .unwrap_or("-");
-                format!("{}#{who}", c.issuer)
-            }
-            (None, Some(id)) => id.principal().to_owned(),
-            (None, None) => "anonymous".to_owned(),
-        };
+        let label = Principal {
+            claims: claims.as_ref(),
+            cert: cert.as_deref(),
+            organisation: None,
+        }
+        .label();
         Identity {
             claims,
             cert,

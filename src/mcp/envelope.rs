@@ -26,9 +26,9 @@ use http::StatusCode;
 use http_body::Body;
 use http_body_util::BodyExt;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Serialize, Serializer};
 
-use super::headers::{ProtocolVersion, json_rpc_error_body};
+pub use super::jsonrpc::Id;
+use super::jsonrpc::{ProtocolVersion, json_rpc_error_body};
 
 /// Deepest array/object nesting accepted in a body. serde_json would stop at 128 on its own;
 /// checking first gives a clear error and keeps the limit ours rather than the library's.
@@ -209,79 +209,6 @@ where
         (Some(f), None) => f,
         (None, None) => Bytes::new(),
     })
-}
-
-/// A JSON-RPC request id: a string or a number (`null` ids are represented as `None`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Id {
-    /// A numeric id (integers within i64/u64 stay exact).
-    Number(serde_json::Number),
-    /// A string id.
-    String(String),
-}
-
-impl Id {
-    /// Whether `other` names the same request, also when one side is the string form of the
-    /// other's number (`2` and `"2"`). Used where matching too much is the safe direction,
-    /// such as deciding which responses to filter: some clients compare ids loosely.
-    pub fn loosely_matches(&self, other: &Id) -> bool {
-        match (self, other) {
-            (Id::Number(a), Id::Number(b)) => a == b || a.to_string() == b.to_string(),
-            (Id::String(a), Id::String(b)) => a == b,
-            (Id::Number(n), Id::String(s)) | (Id::String(s), Id::Number(n)) => n.to_string() == *s,
-        }
-    }
-
-    /// The id as a JSON value.
-    pub fn to_value(&self) -> serde_json::Value {
-        match self {
-            Id::Number(n) => serde_json::Value::Number(n.clone()),
-            Id::String(s) => serde_json::Value::String(s.clone()),
-        }
-    }
-}
-
-impl fmt::Display for Id {
-    /// Numbers as written, strings without quotes (for logs).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Id::Number(n) => n.fmt(f),
-            Id::String(s) => f.write_str(s),
-        }
-    }
-}
-
-impl Serialize for Id {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Id::Number(n) => n.serialize(s),
-            Id::String(v) => v.serialize(s),
-        }
-    }
-}
-
-impl From<i64> for Id {
-    fn from(n: i64) -> Self {
-        Id::Number(n.into())
-    }
-}
-
-impl From<u64> for Id {
-    fn from(n: u64) -> Self {
-        Id::Number(n.into())
-    }
-}
-
-impl From<&str> for Id {
-    fn from(s: &str) -> Self {
-        Id::String(s.to_owned())
-    }
-}
-
-impl From<String> for Id {
-    fn from(s: String) -> Self {
-        Id::String(s)
-    }
 }
 
 /// What a JSON-RPC message is.

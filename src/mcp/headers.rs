@@ -10,7 +10,6 @@
 //! UTF-8 value>?=` (markers lowercase and case-sensitive); [`decode_header_value`] undoes that.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use base64::Engine;
 use base64::alphabet;
@@ -23,6 +22,10 @@ use serde_json::Value;
 pub use crate::http::headers::MCP_METHOD;
 
 use super::envelope::Message;
+pub use super::jsonrpc::{
+    HEADER_MISMATCH, INVALID_REQUEST, ProtocolVersion, UNSUPPORTED_PROTOCOL_VERSION, VersionError,
+    json_rpc_error_body, json_rpc_error_for,
+};
 
 /// `MCP-Protocol-Version`.
 pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
@@ -36,106 +39,12 @@ pub const BASE64_PREFIX: &str = "=?base64?";
 /// Closing marker of an encoded header value.
 pub const BASE64_SUFFIX: &str = "?=";
 
-/// JSON-RPC code for a header that disagrees with the body (2026-07-28).
-pub const HEADER_MISMATCH: i64 = -32020;
-/// JSON-RPC code for an unsupported `MCP-Protocol-Version` (2026-07-28).
-pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
-/// JSON-RPC "Invalid Request".
-pub const INVALID_REQUEST: i64 = -32600;
-
 /// Standard alphabet (the spec's own example contains `/`); padding accepted whether present
 /// or not, since senders differ and either decodes to the same bytes.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-/// Longest `MCP-Protocol-Version` value considered well-formed.
-const MAX_VERSION_LEN: usize = 64;
-
-/// A protocol revision this proxy understands, oldest first (so `<`/`>` compare eras).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ProtocolVersion {
-    /// Legacy HTTP+SSE transport.
-    V2024_11_05,
-    /// First Streamable HTTP revision; the only one with JSON-RPC batches.
-    V2025_03_26,
-    /// Session era.
-    V2025_06_18,
-    /// Session era; adds priming events.
-    V2025_11_25,
-    /// Stateless era: no sessions, `Mcp-Method`/`Mcp-Name` headers.
-    V2026_07_28,
-}
-
-impl ProtocolVersion {
-    /// Every supported version, oldest first: the `data.supported` list of a -32022 answer.
-    pub const ALL: [ProtocolVersion; 5] = [
-        ProtocolVersion::V2024_11_05,
-        ProtocolVersion::V2025_03_26,
-        ProtocolVersion::V2025_06_18,
-        ProtocolVersion::V2025_11_25,
-        ProtocolVersion::V2026_07_28,
-    ];
-
-    /// What a request without `MCP-Protocol-Version` speaks (the spec's backwards
-    /// compatibility rule: never a 400 for absence).
-    pub const ASSUMED_WHEN_ABSENT: ProtocolVersion = ProtocolVersion::V2025_03_26;
-
-    /// The wire form, e.g. `"2025-06-18"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProtocolVersion::V2024_11_05 => "2024-11-05",
-            ProtocolVersion::V2025_03_26 => "2025-03-26",
-            ProtocolVersion::V2025_06_18 => "2025-06-18",
-            ProtocolVersion::V2025_11_25 => "2025-11-25",
-            ProtocolVersion::V2026_07_28 => "2026-07-28",
-        }
-    }
-
-    /// Whether JSON-RPC batch arrays are allowed (2025-03-26 only).
-    pub fn allows_batch(self) -> bool {
-        self == ProtocolVersion::V2025_03_26
-    }
-
-    /// Whether this is the stateless era (no sessions, no GET stream, no DELETE).
-    pub fn is_stateless(self) -> bool {
-        self >= ProtocolVersion::V2026_07_28
-    }
-
-    /// Whether requests must carry `Mcp-Method` (and `Mcp-Name`) matching the body.
-    pub fn requires_standard_headers(self) -> bool {
-        self >= ProtocolVersion::V2026_07_28
-    }
-
-    /// Parses a header value. Well-formed means 1 to 64 characters from `[A-Za-z0-9._-]`
-    /// (dates, and draft names such as `DRAFT-2026-v1`, so that those get the -32022 answer
-    /// listing what is supported rather than a bare 400).
-    pub fn from_header_value(value: &[u8]) -> Result<ProtocolVersion, McpHeaderError> {
-        let trimmed = value.trim_ascii();
-        let well_formed = !trimmed.is_empty()
-            && trimmed.len() <= MAX_VERSION_LEN
-            && trimmed
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !well_formed {
-            return Err(McpHeaderError::MalformedProtocolVersion);
-        }
-        ProtocolVersion::ALL
-            .into_iter()
-            .find(|v| v.as_str().as_bytes() == trimmed)
-            .ok_or_else(|| McpHeaderError::UnsupportedProtocolVersion {
-                // Checked above: ASCII only.
-                requested: String::from_utf8_lossy(trimmed).into_owned(),
-            })
-    }
-}
-
-impl fmt::Display for ProtocolVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The request's protocol version: [`ProtocolVersion::ASSUMED_WHEN_ABSENT`] without the
 /// header; an error for several headers, a malformed value, or an unsupported one.
@@ -147,7 +56,7 @@ pub fn protocol_version(headers: &HeaderMap) -> Result<ProtocolVersion, McpHeade
     if values.next().is_some() {
         return Err(McpHeaderError::MalformedProtocolVersion);
     }
-    ProtocolVersion::from_header_value(value.as_bytes())
+    ProtocolVersion::from_header_value(value.as_bytes()).map_err(McpHeaderError::from)
 }
 
 /// Why an `Mcp-Method`/`Mcp-Name` value could not be decoded.
@@ -343,6 +252,17 @@ pub enum McpHeaderError {
     },
 }
 
+impl From<VersionError> for McpHeaderError {
+    fn from(e: VersionError) -> Self {
+        match e {
+            VersionError::Malformed => McpHeaderError::MalformedProtocolVersion,
+            VersionError::Unsupported { requested } => {
+                McpHeaderError::UnsupportedProtocolVersion { requested }
+            }
+        }
+    }
+}
+
 impl McpHeaderError {
     /// HTTP status of the answer (always 400).
     pub fn status(&self) -> StatusCode {
@@ -386,41 +306,6 @@ impl McpHeaderError {
     pub fn body(&self) -> Bytes {
         json_rpc_error_body(self.rpc_code(), &self.to_string(), self.data())
     }
-}
-
-/// A JSON-RPC error object without `id`, as the body of an answer the proxy gives itself:
-/// `{"jsonrpc":"2.0","error":{"code":…,"message":…,"data":…}}` (`data` only when given).
-pub fn json_rpc_error_body(code: i64, message: &str, data: Option<Value>) -> Bytes {
-    json_rpc_error_for(None, code, message, data)
-}
-
-/// Like [`json_rpc_error_body`], answering the request with `id` (for refusals of one call
-/// of a well-formed request, so the client can pair the error with its call).
-pub fn json_rpc_error_for(
-    id: Option<&crate::mcp::Id>,
-    code: i64,
-    message: &str,
-    data: Option<Value>,
-) -> Bytes {
-    let mut error = serde_json::Map::new();
-    error.insert("code".into(), code.into());
-    error.insert("message".into(), message.into());
-    if let Some(data) = data {
-        error.insert("data".into(), data);
-    }
-    let body = match id {
-        Some(id) => serde_json::json!({ "jsonrpc": "2.0", "id": id.to_value(), "error": error }),
-        None => serde_json::json!({ "jsonrpc": "2.0", "error": error }),
-    };
-    // A `Value` always serializes (its map keys are strings); the fallback is unreachable.
-    serde_json::to_vec(&body).map_or_else(
-        |_| {
-            Bytes::from_static(
-                br#"{"jsonrpc":"2.0","error":{"code":-32603,"message":"internal error"}}"#,
-            )
-        },
-        Bytes::from,
-    )
 }
 
 #[cfg(test)]
@@ -722,10 +607,10 @@ mod props {
 
         #[test]
         fn version_parser_never_panics(raw in prop::collection::vec(any::<u8>(), 0..80)) {
-            match ProtocolVersion::from_header_value(&raw) {
+            match ProtocolVersion::from_header_value(&raw).map_err(McpHeaderError::from) {
                 Ok(v) => prop_assert_eq!(v.as_str().as_bytes(), raw.trim_ascii()),
                 Err(McpHeaderError::UnsupportedProtocolVersion { requested }) => {
-                    prop_assert!(!requested.is_empty() && requested.len() <= MAX_VERSION_LEN);
+                    prop_assert!(!requested.is_empty() && requested.len() <= crate::mcp::jsonrpc::MAX_VERSION_LEN);
                 }
                 Err(e) => prop_assert_eq!(e, McpHeaderError::MalformedProtocolVersion),
             }

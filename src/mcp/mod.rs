@@ -26,6 +26,7 @@
 pub mod envelope;
 pub mod filter;
 pub mod headers;
+pub mod jsonrpc;
 
 pub use envelope::{Envelope, EnvelopeError, Id, Message, MessageKind, parse, read_capped};
 pub use filter::{FilterError, SseAnswerFilter, Visibility, filter_json};
