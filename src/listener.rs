@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::mtls::ClientIdentity;
-use crate::config::HttpLimits;
+use crate::http::server::HttpLimits;
 use crate::http::server::{self, Closed};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::shutdown::Shutdown;

@@ -16,7 +16,6 @@
 //! `spiffe://acme.example/*`). Resource prefixes may use `{org}` and `{sub}`, filled from the
 //! principal, so one rule can give every organisation its own namespace.
 
-
 use crate::mcp::Message;
 
 /// Methods whose `params.uri` is checked against the principal's resource prefixes.

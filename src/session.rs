@@ -53,6 +53,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
@@ -422,7 +423,7 @@ impl SessionSealer {
     /// The sealer `[sessions]` describes: its key files, or without `key_file` a random key
     /// drawn once per process (so reloads keep sessions, but a second instance or a restart
     /// cannot open them: multi-instance deployments must configure a shared key).
-    pub fn from_settings(s: &crate::config::SessionSettings) -> Result<Self, KeyError> {
+    pub fn from_settings(s: &SessionSettings) -> Result<Self, KeyError> {
         match &s.key_file {
             Some(current) => Self::from_key_files(current, &s.previous_key_files),
             None => {
@@ -627,6 +628,28 @@ fn hex(bytes: &[u8]) -> String {
         s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
+}
+
+/// Validated `[sessions]`.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Current sealing key; `None` = a random key for this process.
+    pub key_file: Option<PathBuf>,
+    /// Previous keys, still accepted for opening.
+    pub previous_key_files: Vec<PathBuf>,
+    /// Age after which a session id (and a legacy `sessionId`) is unknown: 404, and the
+    /// client initialises a new session.
+    pub max_lifetime: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            key_file: None,
+            previous_key_files: Vec::new(),
+            max_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 
+use super::identity::RouteAuth;
 use crate::auth::introspection::{IntrospectionError, IntrospectionSetupError, Introspector};
 use crate::auth::jwks::{KeySourceError, KeyStore};
 use crate::auth::jwt::{Claims, IssuerPolicy, PolicyError, TokenError, unverified_issuer};
-use crate::config::{AuthSettings, Route};
 
 /// Path prefix of the Protected Resource Metadata documents (RFC 9728 §3).
 pub const PRM_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -162,7 +162,7 @@ impl Issuers {
     /// The claims come back with the organisation the issuer vouches for (from the issuer's
     /// organisation claim; with an `organisations` allowlist, a token claiming another one, or
     /// none, is refused) and the subject backends are shown.
-    pub async fn validate(&self, token: &str, route: &Route) -> Result<Claims, TokenError> {
+    pub async fn validate(&self, token: &str, route: &RouteAuth<'_>) -> Result<Claims, TokenError> {
         let parsed = unverified_issuer(token, self.largest_token.max(1));
         if let Ok(iss) = &parsed
             && let Some(check) = self.by_issuer.get(iss)
@@ -171,7 +171,7 @@ impl Issuers {
                 return Err(TokenError::WrongIssuer);
             }
             let claims = match (&check.jwt, &check.introspector) {
-                (Some(policy), _) => policy.validate(token, &route.resource).await?,
+                (Some(policy), _) => policy.validate(token, route.resource).await?,
                 (None, Some(i)) => introspect(i, token, route).await?,
                 (None, None) => return Err(TokenError::WrongIssuer),
             };
@@ -221,8 +221,12 @@ impl Issuers {
     }
 }
 
-async fn introspect(i: &Introspector, token: &str, route: &Route) -> Result<Claims, TokenError> {
-    i.introspect(token, &route.resource).await.map_err(|e| {
+async fn introspect(
+    i: &Introspector,
+    token: &str,
+    route: &RouteAuth<'_>,
+) -> Result<Claims, TokenError> {
+    i.introspect(token, route.resource).await.map_err(|e| {
         if e.is_server_side() {
             tracing::warn!(endpoint = %i.endpoint(), error = %e, "token introspection failed");
         }
@@ -248,7 +252,7 @@ pub fn metadata_url(public_url: &http::Uri, route_path: &str) -> String {
 }
 
 /// The Protected Resource Metadata document (RFC 9728) for a token-protected route.
-pub fn metadata_document(route: &Route, auth: &AuthSettings) -> serde_json::Value {
+pub fn metadata_document(route: &RouteAuth<'_>, auth: &AuthSettings) -> serde_json::Value {
     let servers: Vec<&str> = auth
         .issuers
         .iter()
@@ -285,6 +289,42 @@ pub fn challenge(
 
 /// Shared, immutable issuer validators.
 pub type SharedIssuers = Arc<Issuers>;
+
+/// Validated `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Token issuers, in configured order.
+    pub issuers: Vec<IssuerSettings>,
+    /// Prefix of identity headers sent upstream; client-sent headers with it are removed.
+    pub identity_header_prefix: String,
+    /// Token claim naming the principal's organisation.
+    pub organisation_claim: Option<String>,
+    /// Signing of identity tokens for backends.
+    pub upstream_token: Option<super::upstream_token::UpstreamTokenSettings>,
+}
+
+/// One token issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// Exact `iss`.
+    pub issuer: String,
+    /// Accepted algorithms.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Clock skew tolerated.
+    pub leeway: std::time::Duration,
+    /// Largest accepted token.
+    pub max_token_bytes: usize,
+    /// Authorization server URL for the protected resource metadata.
+    pub authorization_server: String,
+    /// Where the JWT verification keys come from (`None`: introspection only).
+    pub keys: Option<crate::auth::jwks::KeySource>,
+    /// RFC 7662 introspection for opaque tokens.
+    pub introspection: Option<crate::auth::introspection::IntrospectionConfig>,
+    /// Claim naming the organisation in this issuer's tokens (its own, else the global one).
+    pub organisation_claim: Option<String>,
+    /// The only organisations this issuer may vouch for; `None`: any.
+    pub organisations: Option<Vec<String>>,
+}
 
 #[cfg(test)]
 mod tests {

@@ -24,8 +24,42 @@ use http::HeaderValue;
 use super::bearer::{self, BearerError, SharedIssuers};
 use super::jwt::Claims;
 use super::mtls::ClientIdentity;
-use crate::config::{RequireAuth, Route};
 use crate::session::{self, PrincipalHash};
+
+/// The proof a route demands of each request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequireAuth {
+    /// Nothing (a route for anonymous access; say so explicitly in production configs).
+    #[default]
+    None,
+    /// A verified client certificate (listener `client_auth` optional or required).
+    Certificate,
+    /// A valid bearer token.
+    Token,
+    /// A token or a certificate.
+    Either,
+    /// A token and a certificate.
+    Both,
+}
+
+/// What a route asks of its callers, as authentication reads it (borrowed from the route's
+/// settings, which build it with `Route::auth`).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteAuth<'a> {
+    /// The route's public path (for challenges and logs).
+    pub path: &'a str,
+    /// What each request must prove.
+    pub require: RequireAuth,
+    /// Issuers whose tokens are accepted.
+    pub issuers: &'a [String],
+    /// Scopes every token must carry.
+    pub scopes: &'a [String],
+    /// Tokens must be bound to the client certificate (RFC 8705).
+    pub certificate_bound_tokens: bool,
+    /// The route's resource URI: the audience its tokens must carry.
+    pub resource: &'a str,
+}
 
 /// Why a request's credentials are refused. Carries the `WWW-Authenticate` challenge where
 /// RFC 6750 asks for one.
@@ -127,14 +161,14 @@ impl AuthError {
     }
 
     /// The refusal with its challenge, for route `route` of the proxy at `public_url`.
-    pub fn challenged(self, public_url: &http::Uri, route: &Route) -> AuthRefusal {
+    pub fn challenged(self, public_url: &http::Uri, route: &RouteAuth<'_>) -> AuthRefusal {
         let scopes = match &self {
-            AuthError::CallNeedsScopes { needed } => needed,
-            _ => &route.scopes,
+            AuthError::CallNeedsScopes { needed } => needed.as_slice(),
+            _ => route.scopes,
         };
         let challenge = (!matches!(self, AuthError::CertificateRequired)).then(|| {
             bearer::challenge(
-                &bearer::metadata_url(public_url, &route.path),
+                &bearer::metadata_url(public_url, route.path),
                 scopes,
                 self.challenge_error(),
             )
@@ -259,7 +293,7 @@ impl Identity {
 /// Checks what `route` demands (client certificate, bearer token, certificate binding,
 /// scopes) and returns who the caller is.
 pub async fn authenticate(
-    route: &Route,
+    route: &RouteAuth<'_>,
     issuers: &SharedIssuers,
     headers: &http::HeaderMap,
     query: Option<&str>,
@@ -314,7 +348,7 @@ pub async fn authenticate(
     }
     if !route.scopes.iter().all(|s| claims.scopes.contains(s)) {
         return Err(AuthError::InsufficientScope {
-            needed: route.scopes.clone(),
+            needed: route.scopes.to_vec(),
         });
     }
     // The issuer vouched for it at validation (its own claim, within its allowlist).

@@ -675,31 +675,12 @@ fn check_url(url: &Uri) -> Result<(), KeySourceError> {
     Ok(())
 }
 
-/// Well-known locations of the system CA bundle (Debian/Ubuntu/Alpine, RHEL/Fedora, SUSE, BSD).
-const SYSTEM_CA_FILES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
-/// The system trust store, read from `SSL_CERT_FILE` or the first well-known bundle file.
-/// Certificates rustls cannot use are skipped (system bundles carry a few odd ones).
+/// The system trust store (see [`certs::system_roots`]), in this module's error.
 pub(crate) fn system_roots() -> Result<rustls::RootCertStore, KeySourceError> {
-    let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-    let path = from_env
-        .into_iter()
-        .chain(SYSTEM_CA_FILES.iter().map(PathBuf::from))
-        .find(|p| p.is_file())
-        .ok_or(KeySourceError::NoSystemRoots)?;
-    let certs = certs::read_certificates(&path)?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(KeySourceError::NoSystemRoots);
-    }
-    Ok(roots)
+    certs::system_roots().map_err(|e| match e {
+        certs::SystemRootsError::NotFound => KeySourceError::NoSystemRoots,
+        certs::SystemRootsError::Ca(e) => KeySourceError::Ca(e),
+    })
 }
 
 fn build_client(ca: Option<&Path>, timeout: Duration) -> Result<JwksClient, KeySourceError> {
@@ -1232,7 +1213,10 @@ mod tests {
     #[test]
     fn system_bundle_is_found_when_present() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        if SYSTEM_CA_FILES.iter().any(|p| Path::new(p).is_file()) {
+        if crate::certs::SYSTEM_CA_FILES
+            .iter()
+            .any(|p| Path::new(p).is_file())
+        {
             assert!(!system_roots().unwrap().is_empty());
         }
     }

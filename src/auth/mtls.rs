@@ -1,6 +1,7 @@
 //! Client certificates: the rustls verifier built from the listener's client CA bundle and
 //! CRLs, and the identity the proxy reads from a verified certificate.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -9,7 +10,6 @@ use rustls::server::danger::ClientCertVerifier;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
 
 use crate::certs::{self, CertError};
-use crate::config::{ClientAuth, ClientAuthMode};
 
 /// Why the client verifier could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +159,30 @@ fn escape_value(value: &str, out: &mut String) {
             c => out.push(c),
         }
     }
+}
+
+/// Client certificate settings of the listener.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// Off, optional or required.
+    pub mode: ClientAuthMode,
+    /// CA bundle; present unless `mode` is off.
+    pub ca: Option<PathBuf>,
+    /// CRL files.
+    pub crls: Vec<PathBuf>,
+}
+
+/// Whether the TLS handshake asks for a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// Never asked for.
+    #[default]
+    Off,
+    /// Asked for; clients without one still connect (routes decide).
+    Optional,
+    /// Every connection must present a valid certificate.
+    Required,
 }
 
 #[cfg(test)]

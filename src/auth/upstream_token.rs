@@ -194,7 +194,7 @@ impl fmt::Debug for UpstreamSigner {
 impl UpstreamSigner {
     /// The signer `[auth.upstream_token]` describes, if any.
     pub fn from_settings(
-        s: Option<&crate::config::UpstreamTokenSettings>,
+        s: Option<&UpstreamTokenSettings>,
     ) -> Result<Option<Self>, UpstreamTokenError> {
         s.map(|s| {
             Self::from_pem_file(
@@ -599,6 +599,19 @@ fn ec_public(pair: &EcdsaKeyPair, crv: &'static str) -> Result<PublicJwk, String
         }
         _ => Err(unsupported()),
     }
+}
+
+/// Validated `[auth.upstream_token]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamTokenSettings {
+    /// Private key file.
+    pub signing_key: PathBuf,
+    /// `iss` (defaulted to `listener.public_url`).
+    pub issuer: String,
+    /// `kid`, if not the thumbprint.
+    pub key_id: Option<String>,
+    /// Lifetime.
+    pub lifetime: Duration,
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use serde::Serialize;
 
 use super::CertError;
 use super::inventory::{CertKind, CertStatus, Level};
-use crate::config::CertsSettings;
 
 /// Deadline for one run of the alert command before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -502,12 +501,42 @@ fn hostname() -> String {
 fn build_client(ca: Option<&Path>, timeout: Duration) -> Result<WebhookClient, AlertSetupError> {
     let roots = match ca {
         Some(path) => super::load_ca_bundle(path)?,
-        None => crate::auth::jwks::system_roots().map_err(|e| match e {
-            crate::auth::jwks::KeySourceError::Ca(e) => AlertSetupError::Ca(e),
-            _ => AlertSetupError::NoSystemRoots,
+        None => super::system_roots().map_err(|e| match e {
+            super::SystemRootsError::Ca(e) => AlertSetupError::Ca(e),
+            super::SystemRootsError::NotFound => AlertSetupError::NoSystemRoots,
         })?,
     };
     Ok(crate::http::client::https_client(roots, timeout, 1)?)
+}
+
+/// Validated `[certs]`.
+#[derive(Debug, Clone)]
+pub struct CertsSettings {
+    /// Watch files and reload on change.
+    pub watch: bool,
+    /// Periodic reload check.
+    pub rescan_interval: Duration,
+    /// Warning threshold.
+    pub warn_before: Duration,
+    /// Critical threshold.
+    pub critical_before: Duration,
+    /// Least time between repeated alerts.
+    pub alert_interval: Duration,
+    /// Webhook receiver.
+    pub webhook: Option<WebhookSettings>,
+    /// Alert command (program first); empty = none.
+    pub command: Vec<String>,
+}
+
+/// Validated `[certs.webhook]`.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `https://` URL.
+    pub url: Uri,
+    /// CA bundle; `None` = system bundle.
+    pub ca: Option<PathBuf>,
+    /// Delivery deadline.
+    pub timeout: Duration,
 }
 
 #[cfg(test)]

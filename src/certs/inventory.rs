@@ -20,7 +20,6 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Serialize, Serializer};
 
 use super::CertError;
-use crate::config::Config;
 
 /// Seconds in a day, for the "days left" figures.
 const DAY: i64 = 86_400;
@@ -188,62 +187,69 @@ fn rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Erro
     }
 }
 
-/// Lists every certificate and CRL `cfg` puts in use, in config order, as of `now`.
-pub fn inventory(cfg: &Config, now: SystemTime) -> Vec<CertStatus> {
+/// One file the configuration puts in use, with the config key that names it.
+#[derive(Debug, Clone)]
+pub enum CertFile<'a> {
+    /// A certificate whose first block is of `kind` and the rest its chain.
+    Chain {
+        /// Config key, e.g. `listener.tls.cert`.
+        key: String,
+        /// The file.
+        path: &'a Path,
+        /// What the first certificate is.
+        kind: CertKind,
+    },
+    /// A bundle of CA certificates of `kind`.
+    Bundle {
+        /// Config key.
+        key: String,
+        /// The file.
+        path: &'a Path,
+        /// What the certificates are.
+        kind: CertKind,
+    },
+    /// A file of CRLs.
+    Crls {
+        /// Config key.
+        key: String,
+        /// The file.
+        path: &'a Path,
+    },
+}
+
+/// What an inventory is taken of: the certificate files in use, in config order, and the
+/// expiry thresholds. The configuration implements it (so this module needs no config types).
+pub trait CertSources {
+    /// `(warn_before, critical_before)`.
+    fn thresholds(&self) -> (Duration, Duration);
+    /// Every certificate and CRL file in use, in config order.
+    fn cert_files(&self) -> Vec<CertFile<'_>>;
+}
+
+impl<T: CertSources + ?Sized> CertSources for std::sync::Arc<T> {
+    fn thresholds(&self) -> (Duration, Duration) {
+        (**self).thresholds()
+    }
+    fn cert_files(&self) -> Vec<CertFile<'_>> {
+        (**self).cert_files()
+    }
+}
+
+/// Lists every certificate and CRL `src` puts in use, in config order, as of `now`.
+pub fn inventory<S: CertSources + ?Sized>(src: &S, now: SystemTime) -> Vec<CertStatus> {
+    let (warn_before, critical_before) = src.thresholds();
     let mut out = Inventory {
         now,
-        warn_before: cfg.certs.warn_before,
-        critical_before: cfg.certs.critical_before,
+        warn_before,
+        critical_before,
         entries: Vec::new(),
     };
-    let tls = &cfg.listener.tls;
-    out.chain("listener.tls.cert".into(), &tls.cert, CertKind::ServerLeaf);
-    for (i, sni) in tls.sni.iter().enumerate() {
-        out.chain(
-            format!("listener.tls.sni[{i}].cert"),
-            &sni.cert,
-            CertKind::ServerLeaf,
-        );
-    }
-    if let Some(ca) = &tls.client_auth.ca {
-        out.bundle("listener.tls.client_ca".into(), ca, CertKind::ClientCa);
-    }
-    for (i, crl) in tls.client_auth.crls.iter().enumerate() {
-        out.crls(format!("listener.tls.client_crls[{i}]"), crl);
-    }
-    for (i, issuer) in cfg.auth.issuers.iter().enumerate() {
-        if let Some(crate::auth::jwks::KeySource::JwksUrl(u)) = &issuer.keys
-            && let Some(ca) = &u.ca
-        {
-            out.bundle(format!("auth.issuers[{i}].jwks_ca"), ca, CertKind::IssuerCa);
+    for file in src.cert_files() {
+        match file {
+            CertFile::Chain { key, path, kind } => out.chain(key, path, kind),
+            CertFile::Bundle { key, path, kind } => out.bundle(key, path, kind),
+            CertFile::Crls { key, path } => out.crls(key, path),
         }
-        if let Some(ca) = issuer.introspection.as_ref().and_then(|x| x.ca.as_ref()) {
-            out.bundle(
-                format!("auth.issuers[{i}].introspection.ca"),
-                ca,
-                CertKind::IssuerCa,
-            );
-        }
-    }
-    for (i, route) in cfg.routes.iter().enumerate() {
-        let Some(up) = &route.upstream.tls else {
-            continue;
-        };
-        out.bundle(
-            format!("routes[{i}].upstream_tls.ca"),
-            &up.ca,
-            CertKind::UpstreamCa,
-        );
-        if let Some(cert) = &up.client_cert {
-            out.chain(
-                format!("routes[{i}].upstream_tls.client_cert"),
-                cert,
-                CertKind::UpstreamClient,
-            );
-        }
-    }
-    if let Some(ca) = cfg.certs.webhook.as_ref().and_then(|w| w.ca.as_ref()) {
-        out.bundle("certs.webhook.ca".into(), ca, CertKind::WebhookCa);
     }
     out.entries
 }

@@ -321,3 +321,41 @@ pub fn load_ca_bundle(path: &Path) -> Result<RootCertStore, CertError> {
     }
     Ok(roots)
 }
+
+/// Why the system trust store could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemRootsError {
+    /// No bundle at `SSL_CERT_FILE` or any well-known place, or none rustls can use.
+    #[error("no system CA bundle found (set SSL_CERT_FILE or configure a CA file)")]
+    NotFound,
+    /// The bundle could not be read.
+    #[error(transparent)]
+    Ca(CertError),
+}
+
+/// Well-known locations of the system CA bundle (Debian/Ubuntu/Alpine, RHEL/Fedora, SUSE, BSD).
+pub(crate) const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system trust store, read from `SSL_CERT_FILE` or the first well-known bundle file.
+/// Certificates rustls cannot use are skipped (system bundles carry a few odd ones).
+pub fn system_roots() -> Result<rustls::RootCertStore, SystemRootsError> {
+    let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    let path = from_env
+        .into_iter()
+        .chain(SYSTEM_CA_FILES.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+        .ok_or(SystemRootsError::NotFound)?;
+    let certs = read_certificates(&path).map_err(SystemRootsError::Ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(SystemRootsError::NotFound);
+    }
+    Ok(roots)
+}

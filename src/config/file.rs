@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::auth::identity::RequireAuth;
+pub use crate::auth::mtls::ClientAuthMode;
+
 /// Top level of `mcp-edge.toml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,19 +93,6 @@ pub struct TlsFile {
     /// PEM CRLs for client certificates.
     #[serde(default)]
     pub client_crls: Vec<PathBuf>,
-}
-
-/// Whether the TLS handshake asks for a client certificate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuthMode {
-    /// Never asked for.
-    #[default]
-    Off,
-    /// Asked for; clients without one still connect (routes decide).
-    Optional,
-    /// Every connection must present a valid certificate.
-    Required,
 }
 
 /// `[[listener.tls.sni]]`
@@ -638,23 +628,6 @@ pub enum IntrospectionAuthMethod {
     ClientSecretBasic,
     /// Form body.
     ClientSecretPost,
-}
-
-/// The proof a route demands of each request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequireAuth {
-    /// Nothing (a route for anonymous access; say so explicitly in production configs).
-    #[default]
-    None,
-    /// A verified client certificate (listener `client_auth` optional or required).
-    Certificate,
-    /// A valid bearer token.
-    Token,
-    /// A token or a certificate.
-    Either,
-    /// A token and a certificate.
-    Both,
 }
 
 /// `[routes.upstream_tls]`

@@ -2,6 +2,7 @@
 //! then [`validate`] checks every value and resolves it into a [`Config`] snapshot that the
 //! data path shares through an `Arc`. Nothing here touches the network.
 
+mod cert_sources;
 mod file;
 
 use std::net::SocketAddr;
@@ -15,6 +16,20 @@ pub use file::{
     LogFormat, RequireAuth, RouteFile, ShutdownFile, SniCertFile, SseFile, TlsFile, Transport,
     UpstreamDefaultsFile, UpstreamTlsFile,
 };
+
+// Settings types live with the modules that use them; config builds them and re-exports them
+// under their historical paths.
+pub use crate::auth::bearer::{AuthSettings, IssuerSettings};
+pub use crate::auth::mtls::ClientAuth;
+pub use crate::auth::upstream_token::UpstreamTokenSettings;
+pub use crate::certs::alerts::CertsSettings;
+pub use crate::certs::alerts::WebhookSettings;
+pub use crate::http::server::HttpLimits;
+pub use crate::session::SessionSettings;
+pub use crate::tls::ServerTls;
+pub use crate::tls::SniCert;
+pub use crate::upstream::UpstreamSettings;
+pub use crate::upstream::UpstreamTls;
 
 /// Why a configuration could not be loaded; every message names the key and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -86,85 +101,6 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
-/// Validated `[auth]`.
-#[derive(Debug, Clone)]
-pub struct AuthSettings {
-    /// Token issuers, in configured order.
-    pub issuers: Vec<IssuerSettings>,
-    /// Prefix of identity headers sent upstream; client-sent headers with it are removed.
-    pub identity_header_prefix: String,
-    /// Token claim naming the principal's organisation.
-    pub organisation_claim: Option<String>,
-    /// Signing of identity tokens for backends.
-    pub upstream_token: Option<UpstreamTokenSettings>,
-}
-
-/// Validated `[auth.upstream_token]`.
-#[derive(Debug, Clone)]
-pub struct UpstreamTokenSettings {
-    /// Private key file.
-    pub signing_key: PathBuf,
-    /// `iss` (defaulted to `listener.public_url`).
-    pub issuer: String,
-    /// `kid`, if not the thumbprint.
-    pub key_id: Option<String>,
-    /// Lifetime.
-    pub lifetime: Duration,
-}
-
-/// One token issuer.
-#[derive(Debug, Clone)]
-pub struct IssuerSettings {
-    /// Exact `iss`.
-    pub issuer: String,
-    /// Accepted algorithms.
-    pub algorithms: Vec<jsonwebtoken::Algorithm>,
-    /// Clock skew tolerated.
-    pub leeway: Duration,
-    /// Largest accepted token.
-    pub max_token_bytes: usize,
-    /// Authorization server URL for the protected resource metadata.
-    pub authorization_server: String,
-    /// Where the JWT verification keys come from (`None`: introspection only).
-    pub keys: Option<crate::auth::jwks::KeySource>,
-    /// RFC 7662 introspection for opaque tokens.
-    pub introspection: Option<crate::auth::introspection::IntrospectionConfig>,
-    /// Claim naming the organisation in this issuer's tokens (its own, else the global one).
-    pub organisation_claim: Option<String>,
-    /// The only organisations this issuer may vouch for; `None`: any.
-    pub organisations: Option<Vec<String>>,
-}
-
-/// Validated `[certs]`.
-#[derive(Debug, Clone)]
-pub struct CertsSettings {
-    /// Watch files and reload on change.
-    pub watch: bool,
-    /// Periodic reload check.
-    pub rescan_interval: Duration,
-    /// Warning threshold.
-    pub warn_before: Duration,
-    /// Critical threshold.
-    pub critical_before: Duration,
-    /// Least time between repeated alerts.
-    pub alert_interval: Duration,
-    /// Webhook receiver.
-    pub webhook: Option<WebhookSettings>,
-    /// Alert command (program first); empty = none.
-    pub command: Vec<String>,
-}
-
-/// Validated `[certs.webhook]`.
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    /// `https://` URL.
-    pub url: Uri,
-    /// CA bundle; `None` = system bundle.
-    pub ca: Option<PathBuf>,
-    /// Delivery deadline.
-    pub timeout: Duration,
-}
-
 /// Validated `[audit]`.
 #[derive(Debug, Clone)]
 pub struct AuditSettings {
@@ -174,28 +110,6 @@ pub struct AuditSettings {
     pub hmac_key_file: Option<PathBuf>,
     /// When to sync.
     pub fsync: crate::audit::FsyncPolicy,
-}
-
-/// Validated `[sessions]`.
-#[derive(Debug, Clone)]
-pub struct SessionSettings {
-    /// Current sealing key; `None` = a random key for this process.
-    pub key_file: Option<PathBuf>,
-    /// Previous keys, still accepted for opening.
-    pub previous_key_files: Vec<PathBuf>,
-    /// Age after which a session id (and a legacy `sessionId`) is unknown: 404, and the
-    /// client initialises a new session.
-    pub max_lifetime: Duration,
-}
-
-impl Default for SessionSettings {
-    fn default() -> Self {
-        SessionSettings {
-            key_file: None,
-            previous_key_files: Vec::new(),
-            max_lifetime: Duration::from_secs(24 * 3600),
-        }
-    }
 }
 
 /// Validated public listener settings.
@@ -215,68 +129,6 @@ pub struct Listener {
     pub handshake_timeout: Duration,
     /// Server certificates.
     pub tls: ServerTls,
-}
-
-/// Server certificate files: one default plus optional per-SNI certificates.
-#[derive(Debug, Clone)]
-pub struct ServerTls {
-    /// Default certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Default private key (PEM).
-    pub key: PathBuf,
-    /// Additional certificates selected by SNI name.
-    pub sni: Vec<SniCert>,
-    /// Whether TLS 1.2 is offered in addition to 1.3.
-    pub allow_tls12: bool,
-    /// Client certificate authentication.
-    pub client_auth: ClientAuth,
-}
-
-/// Client certificate settings of the listener.
-#[derive(Debug, Clone)]
-pub struct ClientAuth {
-    /// Off, optional or required.
-    pub mode: ClientAuthMode,
-    /// CA bundle; present unless `mode` is off.
-    pub ca: Option<PathBuf>,
-    /// CRL files.
-    pub crls: Vec<PathBuf>,
-}
-
-/// A certificate chosen when the client's SNI matches one of `names`.
-#[derive(Debug, Clone)]
-pub struct SniCert {
-    /// Exact DNS names or `*.suffix` wildcards, lower case.
-    pub names: Vec<String>,
-    /// Certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Private key (PEM).
-    pub key: PathBuf,
-}
-
-/// HTTP server limits applied to every client connection.
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    /// Time allowed to receive a full request head (HTTP/1.1).
-    pub header_read_timeout: Duration,
-    /// Maximum size of a request head in bytes (HTTP/1.1 buffer, HTTP/2 header list).
-    pub max_header_bytes: usize,
-    /// Maximum number of request headers (HTTP/1.1).
-    pub max_headers: usize,
-    /// Maximum request body size in bytes.
-    pub max_request_body_bytes: u64,
-    /// HTTP/2 PING interval.
-    pub h2_keepalive_interval: Duration,
-    /// HTTP/2 PING acknowledgement timeout.
-    pub h2_keepalive_timeout: Duration,
-    /// HTTP/2 concurrent streams per connection.
-    pub h2_max_concurrent_streams: u32,
-    /// Deadline from TCP accept (TLS handshake included) to the first complete request head,
-    /// HTTP/1.1 or HTTP/2; a connection that has not sent one by then is closed.
-    pub first_request_timeout: Duration,
-    /// A connection with no request in progress (no request being handled, no response
-    /// still streaming) for this long is closed; HTTP/1.1 keep-alive and HTTP/2 alike.
-    pub idle_timeout: Duration,
 }
 
 /// How SSE streams are relayed.
@@ -340,32 +192,18 @@ pub struct Route {
     pub upstream_token_audience: Option<String>,
 }
 
-/// Settings for the connections a route makes to its upstreams.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    /// TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// Time allowed until the upstream's response head arrives.
-    pub response_header_timeout: Duration,
-    /// Longest upstream silence inside a non-SSE response body before it is aborted.
-    pub body_idle_timeout: Duration,
-    /// Idle pooled connections are closed after this long.
-    pub pool_idle_timeout: Duration,
-    /// Idle pooled connections kept per upstream host.
-    pub pool_max_idle_per_host: usize,
-    /// TLS settings for `https://` upstreams.
-    pub tls: Option<UpstreamTls>,
-}
-
-/// TLS settings for HTTPS upstreams.
-#[derive(Debug, Clone)]
-pub struct UpstreamTls {
-    /// CA bundle (PEM) used to verify the upstream; required for `https://` upstreams.
-    pub ca: PathBuf,
-    /// Client certificate presented to the upstream (PEM), with `client_key`.
-    pub client_cert: Option<PathBuf>,
-    /// Private key for `client_cert`.
-    pub client_key: Option<PathBuf>,
+impl Route {
+    /// What authentication reads of this route.
+    pub fn auth(&self) -> crate::auth::identity::RouteAuth<'_> {
+        crate::auth::identity::RouteAuth {
+            path: &self.path,
+            require: self.require,
+            issuers: &self.issuers,
+            scopes: &self.scopes,
+            certificate_bound_tokens: self.certificate_bound_tokens,
+            resource: &self.resource,
+        }
+    }
 }
 
 /// Reads, parses and validates the configuration file at `path`.

@@ -1,8 +1,7 @@
-//! The HTTP layer: per-connection server settings, the errors the proxy answers itself, and
-//! header handling shared by the request pipeline.
+//! The HTTP layer: per-connection server settings, the HTTPS client, header handling and POST
+//! media types shared by the request pipeline.
 
 pub mod client;
-pub mod error;
 pub mod headers;
 pub mod media;
 pub mod server;

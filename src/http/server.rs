@@ -15,7 +15,6 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::config::HttpLimits;
 use crate::shutdown::Shutdown;
 
 use activity::{Activity, Tracked};
@@ -195,3 +194,28 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
 /// How long a connection may take to close after it was asked to (drain deadline, idle or
 /// first-request timeout) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// HTTP server limits applied to every client connection.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Time allowed to receive a full request head (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Maximum size of a request head in bytes (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Maximum number of request headers (HTTP/1.1).
+    pub max_headers: usize,
+    /// Maximum request body size in bytes.
+    pub max_request_body_bytes: u64,
+    /// HTTP/2 PING interval.
+    pub h2_keepalive_interval: Duration,
+    /// HTTP/2 PING acknowledgement timeout.
+    pub h2_keepalive_timeout: Duration,
+    /// HTTP/2 concurrent streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Deadline from TCP accept (TLS handshake included) to the first complete request head,
+    /// HTTP/1.1 or HTTP/2; a connection that has not sent one by then is closed.
+    pub first_request_timeout: Duration,
+    /// A connection with no request in progress (no request being handled, no response
+    /// still streaming) for this long is closed; HTTP/1.1 keep-alive and HTTP/2 alike.
+    pub idle_timeout: Duration,
+}

@@ -8,11 +8,11 @@ use http::request::Parts;
 use http::{Method, Response};
 
 use super::ctx::RequestCtx;
+use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use crate::auth::bearer;
 use crate::auth::origin::{self, OriginCheck};
 use crate::http::Body;
-use crate::http::error::ProxyError;
 
 /// What `admit` decided.
 pub(crate) enum Admission<'g> {

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use super::ctx::RequestCtx;
+use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use crate::audit::{AuditEntry, AuditLog, Decision};
 use crate::auth::AuthError;
-use crate::http::error::ProxyError;
 use crate::mcp::{self, Envelope};
 use crate::policy::{Grants, Verdict};
 
@@ -78,7 +78,7 @@ fn refusal(
             format!("insufficient scope: needs {}", needed.join(" ")),
             ProxyError::Auth(
                 AuthError::CallNeedsScopes { needed }
-                    .challenged(&gw.config.listener.public_url, &route.config),
+                    .challenged(&gw.config.listener.public_url, &route.config.auth()),
             ),
         ),
         Verdict::Allow(reason) | Verdict::Deny(reason) => (

@@ -8,12 +8,12 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
+use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use super::transport::Target;
 use crate::auth::Identity;
 use crate::auth::upstream_token::UpstreamIdentity;
 use crate::http::Body;
-use crate::http::error::ProxyError;
 use crate::http::headers::{self, X_REQUEST_ID};
 use crate::upstream::SendError;
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Method, Response};
 
+use super::error::ProxyError;
 use crate::auth::bearer::{self, SharedIssuers};
 use crate::auth::upstream_token::UpstreamSigner;
 use crate::config::{Config, Route};
 use crate::http::Body;
-use crate::http::error::ProxyError;
 use crate::session::SessionSealer;
 use crate::upstream::{UpstreamSetupError, Upstreams};
 
@@ -60,11 +60,12 @@ impl Gateway {
             .iter()
             .enumerate()
             .map(|(index, r)| {
-                let upstreams = Upstreams::new(r).map_err(|error| RouteSetupError {
-                    index,
-                    path: r.path.clone(),
-                    error,
-                })?;
+                let upstreams =
+                    Upstreams::new(&r.upstreams, &r.upstream).map_err(|error| RouteSetupError {
+                        index,
+                        path: r.path.clone(),
+                        error,
+                    })?;
                 Ok(RouteState {
                     path: Arc::from(r.path.as_str()),
                     config: r.clone(),
@@ -125,7 +126,7 @@ impl Gateway {
                 .find(|r| *r.path == *suffix)
         }
         .ok_or(ProxyError::NotFound)?;
-        let doc = bearer::metadata_document(&route.config, &self.config.auth);
+        let doc = bearer::metadata_document(&route.config.auth(), &self.config.auth);
         let mut resp = Response::new(crate::http::full(doc.to_string()));
         let h = resp.headers_mut();
         h.insert(

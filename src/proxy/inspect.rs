@@ -10,9 +10,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
+use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use crate::http::Body;
-use crate::http::error::ProxyError;
 use crate::mcp::{self, Envelope};
 
 /// What `inspect` found.

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{Bytes, BytesMut};
 use http::Uri;
 
+use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use super::transport::{Target, with_query};
 use crate::http::BoxError;
-use crate::http::error::ProxyError;
 use crate::session::{LegacyClaims, PrincipalHash};
 use crate::sse::EventTransform;
 use crate::sse::frame::{event_end, event_end_at_eof, lines, split_field};

@@ -24,11 +24,12 @@
 //! | `log` | [`Proxy::handle`] | the access-log line and the audit lines, when the answer has ended | — |
 //!
 //! Every refusal is a [`ProxyError`]: phases return their own error types and `?` turns them
-//! into it; [`crate::http::error`] is the one place that chooses status codes.
+//! into it; [`error`] is the one place that chooses status codes.
 
 mod admit;
 mod authorize;
 mod ctx;
+pub mod error;
 mod forward;
 mod gateway;
 mod inspect;
@@ -46,7 +47,6 @@ use hyper::body::Incoming;
 
 use crate::audit::AuditLog;
 use crate::http::Body;
-use crate::http::error::ProxyError;
 use crate::http::headers::X_REQUEST_ID;
 use crate::shutdown::Shutdown;
 use crate::sse::RelayBody;
@@ -56,8 +56,8 @@ use ctx::RequestCtx;
 use legacy::LegacySessions;
 use respond::Reply;
 
-pub use crate::http::error::POLICY_DENIED;
 pub use ctx::ConnInfo;
+pub use error::{POLICY_DENIED, ProxyError, Source};
 pub use gateway::{Gateway, RouteSetupError};
 
 /// The proxy service shared by all connections.
@@ -157,14 +157,14 @@ impl Proxy {
         parts: &http::request::Parts,
     ) -> Result<(), ProxyError> {
         let identity = crate::auth::authenticate(
-            &route.config,
+            &route.config.auth(),
             &gw.issuers,
             &parts.headers,
             parts.uri.query(),
             ctx.conn.client_cert.clone(),
         )
         .await
-        .map_err(|e| e.challenged(&gw.config.listener.public_url, &route.config))?;
+        .map_err(|e| e.challenged(&gw.config.listener.public_url, &route.config.auth()))?;
         if identity.claims.is_some() || identity.cert.is_some() {
             ctx.log.set_principal(identity.label());
         }

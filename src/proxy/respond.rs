@@ -13,11 +13,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
+use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use super::transport::Target;
 use super::{Proxy, legacy, streamable};
 use crate::config::Transport;
-use crate::http::error::ProxyError;
 use crate::http::headers::{self, X_ACCEL_BUFFERING};
 use crate::http::{Body, BoxError};
 use crate::mcp::{self, SseAnswerFilter};

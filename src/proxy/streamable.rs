@@ -4,9 +4,9 @@
 
 use http::HeaderValue;
 
+use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use super::transport::{Target, with_query};
-use crate::http::error::ProxyError;
 use crate::http::headers::MCP_SESSION_ID;
 use crate::session::{self, PrincipalHash, SessionClaims};
 

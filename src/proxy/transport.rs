@@ -6,10 +6,10 @@
 
 use http::{HeaderValue, Method, Uri};
 
+use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use super::{legacy, streamable};
 use crate::config::Transport;
-use crate::http::error::ProxyError;
 use crate::mcp::{McpHeaderError, ProtocolVersion};
 use crate::session::PrincipalHash;
 

@@ -2,6 +2,7 @@
 //! certificate resolver that picks a certificate by SNI name.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
@@ -10,7 +11,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::certs::{self, CertError, LoadedCert};
-use crate::config::ServerTls;
 
 /// ALPN protocols offered, most preferred first.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -131,4 +131,30 @@ pub fn server_config(
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     config.max_early_data_size = 0;
     Ok(Arc::new(config))
+}
+
+/// Server certificate files: one default plus optional per-SNI certificates.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Default certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Default private key (PEM).
+    pub key: PathBuf,
+    /// Additional certificates selected by SNI name.
+    pub sni: Vec<SniCert>,
+    /// Whether TLS 1.2 is offered in addition to 1.3.
+    pub allow_tls12: bool,
+    /// Client certificate authentication.
+    pub client_auth: crate::auth::mtls::ClientAuth,
+}
+
+/// A certificate chosen when the client's SNI matches one of `names`.
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    /// Exact DNS names or `*.suffix` wildcards, lower case.
+    pub names: Vec<String>,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
 }

@@ -6,6 +6,7 @@
 //! instance can then route the session without shared memory, and reordering endpoints in the
 //! config does not break live sessions because the tag is derived from the endpoint's URL.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,7 +19,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::certs::{self, CertError};
-use crate::config::{Route, UpstreamSettings};
 use crate::http::Body;
 
 /// One upstream endpoint of a route.
@@ -66,10 +66,10 @@ impl std::fmt::Debug for Upstreams {
 
 impl Upstreams {
     /// Builds the pooled client and endpoint list for `route`.
-    pub fn new(route: &Route) -> Result<Self, UpstreamSetupError> {
-        let client = build_client(&route.upstream)?;
-        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(route.upstreams.len());
-        for uri in &route.upstreams {
+    pub fn new(uris: &[Uri], settings: &UpstreamSettings) -> Result<Self, UpstreamSetupError> {
+        let client = build_client(settings)?;
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(uris.len());
+        for uri in uris {
             let tag = affinity_tag(uri);
             if let Some(other) = endpoints.iter().find(|e| e.tag == tag) {
                 return Err(UpstreamSetupError::TagCollision(
@@ -90,7 +90,7 @@ impl Upstreams {
             client,
             endpoints,
             next: AtomicUsize::new(0),
-            response_header_timeout: route.upstream.response_header_timeout,
+            response_header_timeout: settings.response_header_timeout,
         })
     }
 
@@ -238,6 +238,34 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// Settings for the connections a route makes to its upstreams.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response head arrives.
+    pub response_header_timeout: Duration,
+    /// Longest upstream silence inside a non-SSE response body before it is aborted.
+    pub body_idle_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+    /// TLS settings for `https://` upstreams.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS settings for HTTPS upstreams.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// CA bundle (PEM) used to verify the upstream; required for `https://` upstreams.
+    pub ca: PathBuf,
+    /// Client certificate presented to the upstream (PEM), with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Private key for `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::{Body, full};
 use crate::auth::identity::{AuthError, AuthRefusal};
 use crate::auth::origin::HostError;
 use crate::http::media::MediaTypeError;
+use crate::http::{Body, full};
 use crate::mcp::{self, EnvelopeError, McpHeaderError};
 
 /// Who a failure is to blame on.
