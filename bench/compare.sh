@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Before/after comparison of two mcp-edge builds, in one run, alternating: requests/s and proxy
+# CPU per request on two routes (open; token auth + origin + policy), HTTP/1.1 and h2.
+# Loopback only, bounded in count and time. Needs h2load (Debian nghttp2-client) and openssl.
+#
+#   bash bench/compare.sh BEFORE_BIN AFTER_BIN [STATIC_BACKEND_BIN]
+#   ROUNDS=5 N=20000 C=32 M=10 bash bench/compare.sh target-a/release/mcp-edge target-b/release/mcp-edge
+#
+# Each build runs as its own proxy process (both idle except the one under load), in front of
+# one shared static backend (bench/static_backend.rs). For every round, scenario and protocol
+# both builds get one h2load run; the order alternates between rounds (odd rounds before
+# first, even rounds after first). CPU per request is the utime+stime delta of the proxy
+# process (/proc/PID/stat fields 14 and 15, clock ticks) over the h2load run divided by the
+# requests that succeeded. Raw lines go to stdout (and $OUT/raw.tsv), then medians.
+#
+# PERF=1 additionally records `perf record -g` of the AFTER proxy for $PERF_SECS s under
+# auth+policy h1 load and prints `perf report --no-children` (top of it) to $OUT/perf-after.txt
+# (and the same for BEFORE into perf-before.txt).
+set -euo pipefail
+BEFORE=${1:?usage: compare.sh BEFORE_BIN AFTER_BIN [STATIC_BACKEND_BIN]}
+AFTER=${2:?usage: compare.sh BEFORE_BIN AFTER_BIN [STATIC_BACKEND_BIN]}
+BACKEND_BIN=${3:-$(dirname "$BEFORE")/examples/static_backend}
+N=${N:-20000}          # requests per h2load run
+C=${C:-32}             # client connections
+M=${M:-10}             # h2 streams per connection
+ROUNDS=${ROUNDS:-5}
+WARMUP=${WARMUP:-2000} # requests per (build, scenario, protocol) before measuring
+PERF=${PERF:-0}
+PERF_SECS=${PERF_SECS:-10}
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+command -v h2load >/dev/null || { echo "install h2load: apt-get install nghttp2-client" >&2; exit 1; }
+for b in "$BEFORE" "$AFTER" "$BACKEND_BIN"; do [ -x "$b" ] || { echo "not executable: $b" >&2; exit 1; }; done
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+BACKEND=127.0.0.1:${BACKEND_PORT:-19200}
+DEMO_PORT=${DEMO_PORT:-18543}
+PORT_BEFORE=${PORT_BEFORE:-18544}
+PORT_AFTER=${PORT_AFTER:-18545}
+# Both proxies claim the same public_url, so one token (aud = public_url + /mcp) fits both.
+PUBLIC=https://localhost:$PORT_BEFORE
+ISS=https://idp.bench.example
+ORIGIN=https://app.example.com
+
+"$BACKEND_BIN" "$BACKEND" 1000 2>/dev/null & pids+=($!)
+
+# Dev PKI from the demo (as bench/run.sh), then the demo is stopped: it is not part of the load.
+"$BEFORE" demo --bind 127.0.0.1:$DEMO_PORT --data-dir "$work/demo" >"$work/demo.out" 2>"$work/demo.err" &
+demo_pid=$!; pids+=($demo_pid)
+for _ in $(seq 150); do grep -q "is running" "$work/demo.out" 2>/dev/null && break; sleep 0.1; done
+[ -s "$work/demo/server.pem" ] || { echo "demo did not write its PKI" >&2; cat "$work/demo.err" >&2; exit 1; }
+kill "$demo_pid"; wait "$demo_pid" 2>/dev/null || true
+
+# ES256 issuer: P-256 key pair, public key PEM for the proxy, one JWT signed with openssl.
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/issuer.key" 2>/dev/null
+openssl ec -in "$work/issuer.key" -pubout -out "$work/issuer.pub.pem" 2>/dev/null
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+now=$(date +%s)
+hdr=$(printf '%s' '{"alg":"ES256","typ":"JWT"}' | b64url)
+pay=$(printf '{"iss":"%s","aud":"%s/mcp","sub":"bench-user","org":"acme","scope":"mcp:tools","iat":%d,"exp":%d}' \
+  "$ISS" "$PUBLIC" "$now" $((now + 10 * 365 * 86400)) | b64url)
+printf '%s.%s' "$hdr" "$pay" >"$work/signing-input"
+openssl dgst -sha256 -sign "$work/issuer.key" -out "$work/sig.der" "$work/signing-input"
+# DER ECDSA-Sig-Value -> raw r||s (32 bytes each), as JWS wants.
+rs=$(openssl asn1parse -inform DER -in "$work/sig.der" | awk -F: '/INTEGER/{print $NF}')
+raw=$(for v in $rs; do printf '%064s' "$v" | tr ' ' 0; done)
+sig=$(printf '%s' "$raw" | xxd -r -p | b64url)
+TOKEN="$hdr.$pay.$sig"
+
+config() { # port
+  cat <<TOML
+[listener]
+bind = "127.0.0.1:$1"
+public_url = "$PUBLIC"
+allowed_hosts = ["localhost", "127.0.0.1"]
+max_connections = 5000
+[listener.tls]
+cert = "$work/demo/server.pem"
+key = "$work/demo/server.key"
+[upstream]
+pool_max_idle_per_host = 512
+[log]
+level = "warn"
+[auth]
+organisation_claim = "org"
+[[auth.issuers]]
+issuer = "$ISS"
+algorithms = ["ES256"]
+pem_keys = ["$work/issuer.pub.pem"]
+
+[[routes]]
+path = "/open"
+upstream = "http://$BACKEND/mcp"
+
+[[routes]]
+path = "/mcp"
+upstream = "http://$BACKEND/mcp"
+allowed_origins = ["$ORIGIN"]
+[routes.auth]
+require = "token"
+scopes = ["mcp:tools"]
+[routes.policy]
+methods = ["initialize", "ping", "notifications/*", "tools/*", "resources/*"]
+[[routes.policy.rules]]
+name = "bench"
+allow_tools = ["add"]
+resource_prefixes = ["memory://{org}/"]
+TOML
+}
+config "$PORT_BEFORE" >"$work/before.toml"
+config "$PORT_AFTER" >"$work/after.toml"
+"$BEFORE" check --config "$work/before.toml" >"$OUT/check-before.txt" 2>&1 || { cat "$OUT/check-before.txt" >&2; exit 1; }
+"$AFTER" check --config "$work/after.toml" >"$OUT/check-after.txt" 2>&1 || { cat "$OUT/check-after.txt" >&2; exit 1; }
+
+"$BEFORE" run --config "$work/before.toml" 2>"$OUT/proxy-before.err" & pids+=($!); PID_before=$!
+"$AFTER" run --config "$work/after.toml" 2>"$OUT/proxy-after.err" & pids+=($!); PID_after=$!
+for port in "$PORT_BEFORE" "$PORT_AFTER"; do
+  for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+printf '%s' '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}' >"$work/body.json"
+H=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream'
+   -H 'mcp-protocol-version: 2026-07-28' -H 'mcp-method: tools/call' -H 'mcp-name: add')
+H_AUTH=(-H "authorization: Bearer $TOKEN" -H "origin: $ORIGIN")
+
+url() { # build scenario
+  local port; [ "$1" = before ] && port=$PORT_BEFORE || port=$PORT_AFTER
+  [ "$2" = open ] && echo "https://127.0.0.1:$port/open" || echo "https://127.0.0.1:$port/mcp"
+}
+load_args() { # scenario proto
+  local a=(-d "$work/body.json" "${H[@]}")
+  [ "$1" = auth ] && a+=("${H_AUTH[@]}")
+  [ "$2" = h1 ] && a+=(--h1) || a+=(-m "$M")
+  printf '%s\n' "${a[@]}"
+}
+ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }  # utime+stime (fields 14, 15)
+HZ=$(getconf CLK_TCK)
+
+# Every request must succeed on every build before anything is timed.
+for b in before after; do
+  for s in open auth; do
+    mapfile -t A < <(load_args "$s" h1)
+    out=$(h2load -n 10 -c 1 "${A[@]}" "$(url $b $s)" 2>&1)
+    grep -q 'status codes: 10 2xx' <<<"$out" || { echo "smoke test failed: $b $s" >&2; echo "$out" >&2; exit 1; }
+  done
+  # The auth route really checks: no token is 401, a tool the rule does not grant is 403.
+  u=$(url $b auth)
+  code=$(curl -sk -o /dev/null -w '%{http_code}' "${H[@]}" -H "origin: $ORIGIN" --data-binary @"$work/body.json" "$u")
+  [ "$code" = 401 ] || { echo "expected 401 without a token from $b, got $code" >&2; exit 1; }
+  sed 's/"name":"add"/"name":"sub"/' "$work/body.json" >"$work/body-sub.json"
+  code=$(curl -sk -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
+    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2026-07-28' \
+    -H 'mcp-method: tools/call' -H 'mcp-name: sub' "${H_AUTH[@]}" --data-binary @"$work/body-sub.json" "$u")
+  [ "$code" = 403 ] || { echo "expected 403 for a tool outside the policy from $b, got $code" >&2; exit 1; }
+done
+
+one() { # build scenario proto n -> prints "rps ok ticks"
+  local b=$1 s=$2 p=$3 n=$4 pid out t0 t1 rps ok
+  [ "$b" = before ] && pid=$PID_before || pid=$PID_after
+  mapfile -t A < <(load_args "$s" "$p")
+  t0=$(ticks "$pid")
+  out=$(h2load -n "$n" -c "$C" "${A[@]}" "$(url "$b" "$s")" 2>&1)
+  t1=$(ticks "$pid")
+  rps=$(grep -o 'finished in [^,]*, [0-9.]* req/s' <<<"$out" | grep -o '[0-9.]* req/s' | cut -d' ' -f1)
+  ok=$(grep -o '[0-9]* succeeded' <<<"$out" | head -1 | cut -d' ' -f1)
+  grep -q "status codes: $ok 2xx" <<<"$out" || { echo "non-2xx answers: $b $s $p" >&2; echo "$out" >&2; exit 1; }
+  echo "$rps $ok $((t1 - t0))"
+}
+
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(uname -r); date: $(date -u '+%F %T') UTC"
+echo "before: $BEFORE ($("$BEFORE" --version 2>/dev/null || true))"
+echo "after:  $AFTER ($("$AFTER" --version 2>/dev/null || true))"
+echo "N=$N C=$C M=$M ROUNDS=$ROUNDS CLK_TCK=$HZ; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+for b in before after; do for s in open auth; do for p in h1 h2; do one "$b" "$s" "$p" "$WARMUP" >/dev/null; done; done; done
+
+printf 'round\tscenario\tproto\tbuild\treq_s\tsucceeded\tcpu_ticks\tcpu_us_per_req\tload1\n' | tee "$OUT/raw.tsv"
+for r in $(seq "$ROUNDS"); do
+  if (( r % 2 )); then order=(before after); else order=(after before); fi
+  for s in open auth; do
+    for p in h1 h2; do
+      for b in "${order[@]}"; do
+        read -r rps ok tk < <(one "$b" "$s" "$p" "$N")
+        us=$(awk -v t="$tk" -v hz="$HZ" -v n="$ok" 'BEGIN{printf "%.1f", t * 1e6 / hz / n}')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$p" "$b" "$rps" "$ok" "$tk" "$us" \
+          "$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$OUT/raw.tsv"
+      done
+    done
+  done
+done
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo
+echo "| scenario | protocol | before req/s | after req/s | after/before | before CPU µs/req | after CPU µs/req | after/before |"
+echo "|---|---|---|---|---|---|---|---|"
+median() { sort -g | awk '{v[NR]=$1} END{ if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2 }'; }
+for s in open auth; do
+  for p in h1 h2; do
+    col() { awk -F'\t' -v s="$s" -v p="$p" -v b="$1" -v c="$2" '$2==s && $3==p && $4==b {print $c}' "$OUT/raw.tsv" | median; }
+    rb=$(col before 5); ra=$(col after 5); cb=$(col before 8); ca=$(col after 8)
+    awk -v s="$s" -v p="$p" -v rb="$rb" -v ra="$ra" -v cb="$cb" -v ca="$ca" \
+      'BEGIN{printf "| %s | %s | %.0f | %.0f | %.3f | %.1f | %.1f | %.3f |\n", s, p, rb, ra, ra/rb, cb, ca, ca/cb}'
+  done
+done
+
+if [ "$PERF" = 1 ] && command -v perf >/dev/null; then
+  for b in after before; do
+    [ "$b" = before ] && pid=$PID_before || pid=$PID_after
+    mapfile -t A < <(load_args auth h1)
+    h2load -D $((PERF_SECS + 4)) -c "$C" "${A[@]}" "$(url "$b" auth)" >/dev/null 2>&1 & lp=$!
+    sleep 2
+    perf record -q -g -o "$OUT/perf-$b.data" -p "$pid" -- sleep "$PERF_SECS" >/dev/null 2>&1 || true
+    wait "$lp" || true
+    perf report -i "$OUT/perf-$b.data" --no-children --stdio 2>/dev/null | grep -v '^$' | head -200 >"$OUT/perf-$b.txt" || true
+    perf report -i "$OUT/perf-$b.data" --no-children --stdio -g none --percent-limit 0.7 2>/dev/null \
+      | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/perf-$b-flat.txt" || true
+    echo; echo "perf ($b, auth+policy h1, ${PERF_SECS}s): top symbols, self time"; cat "$OUT/perf-$b-flat.txt"
+  done
+fi
+echo; echo "raw results and logs in $OUT"
