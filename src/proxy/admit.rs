@@ -89,3 +89,122 @@ pub(crate) fn admit<'g>(
     }
     Ok(Admission::Route(route))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::ConnInfo;
+
+    /// A gateway for one streamable route `/mcp` and one legacy route `/sse`, with the
+    /// test certificate written to a temporary directory.
+    async fn gateway() -> (tempfile::TempDir, Gateway) {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::demo::pki::DevCa::new("admit test CA").expect("ca");
+        let server = ca.issue_server(&["localhost"]).expect("cert");
+        std::fs::write(dir.path().join("s.pem"), &server.cert_pem).expect("write");
+        std::fs::write(dir.path().join("s.key"), &server.key_pem).expect("write");
+        let text = r#"
+[listener]
+bind = "127.0.0.1:0"
+public_url = "https://localhost:8443"
+[listener.tls]
+cert = "s.pem"
+key = "s.key"
+[http]
+max_request_body_bytes = 100
+[[routes]]
+path = "/mcp"
+upstream = "http://127.0.0.1:9/mcp"
+allowed_origins = ["https://app.example.com"]
+[[routes]]
+path = "/sse"
+transport = "sse"
+upstream = "http://127.0.0.1:9/sse"
+"#;
+        let cfg =
+            crate::config::parse(text, std::path::Path::new("t.toml"), dir.path()).expect("config");
+        let prepared = crate::prepare::prepare(cfg, crate::prepare::Purpose::Check)
+            .await
+            .expect("prepare");
+        (dir, prepared.gateway)
+    }
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            client_cert: None,
+        }
+    }
+
+    /// Runs `admit` on a request built by `f`; `Ok(Some(path))` for a route, `Ok(None)` for an
+    /// answer the proxy gives itself.
+    async fn run(
+        f: impl FnOnce(http::request::Builder) -> http::request::Builder,
+    ) -> Result<Option<String>, ProxyError> {
+        let (_dir, gw) = gateway().await;
+        let conn = conn();
+        let req = f(http::Request::builder().header("host", "localhost"))
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut ctx = RequestCtx::for_test(&parts, &conn);
+        match admit(&gw, &mut ctx, &parts)? {
+            Admission::Route(r) => Ok(Some(r.path.to_string())),
+            Admission::Answer(_) => Ok(None),
+        }
+    }
+
+    #[tokio::test]
+    async fn admits_known_routes_and_methods() {
+        let r = run(|b| b.method("POST").uri("/mcp")).await;
+        assert_eq!(r.unwrap().as_deref(), Some("/mcp"));
+        let r = run(|b| b.method("DELETE").uri("/mcp")).await;
+        assert_eq!(r.unwrap().as_deref(), Some("/mcp"));
+    }
+
+    #[tokio::test]
+    async fn refuses_in_order_host_route_origin_method_size() {
+        let e = run(|b| b.method("POST").uri("https://evil.example/mcp")).await;
+        assert!(matches!(e, Err(ProxyError::Host(_))), "{e:?}");
+        let e = run(|b| b.method("POST").uri("/nope")).await;
+        assert!(matches!(e, Err(ProxyError::NotFound)), "{e:?}");
+        let e = run(|b| {
+            b.method("POST")
+                .uri("/mcp")
+                .header("origin", "https://evil.example")
+        })
+        .await;
+        assert!(
+            matches!(e, Err(ProxyError::Forbidden("origin not allowed"))),
+            "{e:?}"
+        );
+        let e = run(|b| b.method("DELETE").uri("/sse")).await;
+        assert!(
+            matches!(e, Err(ProxyError::MethodNotAllowed { allow: "GET, POST" })),
+            "{e:?}"
+        );
+        let e = run(|b| b.method("POST").uri("/mcp").header("content-length", "101")).await;
+        assert!(
+            matches!(e, Err(ProxyError::BodyTooLarge { limit: 100 })),
+            "{e:?}"
+        );
+        let e = run(|b| b.method("POST").uri("/mcp").header("content-length", "x")).await;
+        assert!(matches!(e, Err(ProxyError::BadRequest(_))), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn answers_preflights_and_metadata_itself() {
+        let r = run(|b| {
+            b.method("OPTIONS")
+                .uri("/mcp")
+                .header("origin", "https://app.example.com")
+                .header("access-control-request-method", "POST")
+        })
+        .await;
+        assert_eq!(r.unwrap(), None);
+        // No token-protected route: the metadata document is not found.
+        let e = run(|b| b.method("GET").uri("/.well-known/oauth-protected-resource")).await;
+        assert!(matches!(e, Err(ProxyError::NotFound)), "{e:?}");
+    }
+}

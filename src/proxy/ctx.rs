@@ -46,13 +46,28 @@ pub(crate) struct RequestCtx<'c> {
 impl<'c> RequestCtx<'c> {
     /// A context for `req` on `conn`.
     pub(crate) fn new(req: &http::Request<Incoming>, conn: &'c ConnInfo) -> Self {
+        Self::from_head(req.method(), req.uri(), req.headers(), conn)
+    }
+
+    /// A context for a request head alone (phase unit tests drive phases with one).
+    #[cfg(test)]
+    pub(crate) fn for_test(parts: &http::request::Parts, conn: &'c ConnInfo) -> Self {
+        Self::from_head(&parts.method, &parts.uri, &parts.headers, conn)
+    }
+
+    fn from_head(
+        method: &http::Method,
+        uri: &http::Uri,
+        h: &http::HeaderMap,
+        conn: &'c ConnInfo,
+    ) -> Self {
         let mut log = AccessLog::new(
-            headers::request_id(req.headers()),
+            headers::request_id(h),
             conn.peer,
-            req.method().clone(),
-            req.uri().path(),
+            method.clone(),
+            uri.path(),
         );
-        log.set_mcp_method(req.headers().get(MCP_METHOD));
+        log.set_mcp_method(h.get(MCP_METHOD));
         // Until a route says otherwise, the caller is whoever its certificate names.
         let identity = Identity::new(None, conn.client_cert.clone(), None);
         if conn.client_cert.is_some() {
@@ -60,7 +75,7 @@ impl<'c> RequestCtx<'c> {
         }
         RequestCtx {
             conn,
-            method: req.method().clone(),
+            method: method.clone(),
             log,
             cors: None,
             forwarded_host: None,

@@ -86,3 +86,40 @@ pub(crate) fn with_query(base: &Uri, query: Option<&str>) -> Result<Uri, ProxyEr
             .map_err(|_| ProxyError::BadRequest("invalid query string")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_transport_takes_its_methods_and_version() {
+        let s = Transport::StreamableHttp;
+        let l = Transport::Sse;
+        assert!(s.allows(&Method::DELETE) && !l.allows(&Method::DELETE));
+        for m in [Method::GET, Method::POST] {
+            assert!(s.allows(&m) && l.allows(&m));
+        }
+        assert!(!s.allows(&Method::PUT) && !l.allows(&Method::PATCH));
+        assert_eq!(s.allow_header(), "GET, POST, DELETE");
+        assert_eq!(l.allow_header(), "GET, POST");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "mcp-protocol-version",
+            HeaderValue::from_static("2026-07-28"),
+        );
+        assert_eq!(s.protocol_version(&h), Ok(ProtocolVersion::V2026_07_28));
+        // Legacy routes speak 2024-11-05 whatever the header says.
+        assert_eq!(l.protocol_version(&h), Ok(ProtocolVersion::V2024_11_05));
+        assert!(s.checks_mcp_headers() && !l.checks_mcp_headers());
+    }
+
+    #[test]
+    fn query_strings_are_appended_to_the_endpoint() {
+        let base: Uri = "http://127.0.0.1:9/mcp".parse().unwrap();
+        assert_eq!(with_query(&base, None).unwrap(), base);
+        assert_eq!(
+            with_query(&base, Some("a=1&b=2")).unwrap().to_string(),
+            "http://127.0.0.1:9/mcp?a=1&b=2"
+        );
+    }
+}
