@@ -8,9 +8,10 @@
 //!
 //! - [`listener`]: accept loop, connection cap, TLS handshake deadline.
 //! - [`tls`]: rustls server config, SNI certificate resolver.
-//! - [`http`]: hyper connection settings, the proxy's own error answers (the one place that
-//!   chooses status codes), header rules, POST media types.
-//! - [`proxy`]: the per-request pipeline and the two transports.
+//! - [`http`]: hyper connection settings (first-request and idle deadlines), the HTTPS client,
+//!   header rules, POST media types.
+//! - [`proxy`]: the per-request pipeline, the two transports, and the proxy's own error
+//!   answers (`proxy::error`, the one place that chooses status codes).
 //! - [`auth`]: the one `Identity` per request and `authenticate`; Origin/Host, client
 //!   certificates, bearer tokens (JWT, JWKS, introspection), upstream identity tokens.
 //! - [`mcp`]: JSON-RPC envelope reader, MCP header rules, answer filter.
