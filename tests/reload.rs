@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -550,18 +551,12 @@ async fn admin_reload_metrics_certs_and_readiness() {
 
 /// `mcp-edge check` on `config`: exit status and stderr.
 fn run_check(config: &Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
-        .arg("check")
-        .arg("--config")
-        .arg(config)
-        .env_remove("MCP_EDGE_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = support::cli::run([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ]);
+    (r.status, r.stderr)
 }
 
 #[tokio::test]
