@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,6 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use support::idp::Idp;
 use support::{Pki, TestProxy, raw, start_proxy_with};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// One request as the backend received it.
@@ -670,7 +668,7 @@ async fn host_that_disagrees_with_the_authority_is_refused_on_h1() {
 #[tokio::test]
 async fn host_header_that_disagrees_with_h2_authority_is_refused() {
     let mut s = setup("").await;
-    let tls = tls_stream(&s.proxy, None, b"h2").await;
+    let tls = support::tls::stream(&s.proxy, None, b"h2").await;
     let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
     tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
@@ -865,45 +863,11 @@ async fn get_and_delete_with_a_body_are_refused() {
 
 // --- helpers --------------------------------------------------------------------------------------
 
-/// A TLS connection to the proxy with ALPN `alpn`, presenting `cert` when given.
-async fn tls_stream(
-    proxy: &TestProxy,
-    cert: Option<&mcp_edge::demo::pki::IssuedCert>,
-    alpn: &[u8],
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(proxy.pki.ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let mut cfg = match cert {
-        Some(c) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
 /// Sends hand-written HTTP/1.1 bytes and reads the answer until the server closes.
 async fn raw_request(
     proxy: &TestProxy,
     cert: Option<&mcp_edge::demo::pki::IssuedCert>,
     request: &[u8],
 ) -> String {
-    let mut tls = tls_stream(proxy, cert, b"http/1.1").await;
-    tls.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    support::tls::exchange(proxy, cert, request, Duration::from_secs(10)).await
 }

@@ -3,6 +3,8 @@
 //! file verifies; editing, deleting, swapping, inserting or truncating lines is reported at the
 //! first bad line; a restarted writer continues the chain.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,7 +21,7 @@ const EXIT_USAGE: i32 = 64;
 /// Exit status of the real `mcp-edge audit verify FILE [--hmac-key KEYFILE]`.
 fn exit_status(path: &Path, key: Option<&[u8]>) -> i32 {
     use base64::Engine as _;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-edge"));
+    let mut cmd = support::cli::command();
     cmd.args(["audit", "verify"]).arg(path);
     let key_dir = tempfile::tempdir().expect("tempdir");
     if let Some(key) = key {

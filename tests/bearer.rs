@@ -4,77 +4,37 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use support::{TestProxy, raw, start_proxy_with};
+use support::clock::now;
+use support::idp::{ISSUER, Idp};
+use support::{TestProxy, raw, recording, start_proxy_with};
 use tokio::sync::mpsc;
 
-const ISSUER: &str = "https://idp.test.example";
 const RESOURCE: &str = "https://localhost:8443/mcp";
 const PRM: &str = "https://localhost:8443/.well-known/oauth-protected-resource/mcp";
 
-struct Idp {
-    key: EncodingKey,
-    public_pem: String,
-}
-
-impl Idp {
-    fn new() -> Idp {
-        let kp = rcgen::KeyPair::generate().unwrap();
-        Idp {
-            key: EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
-            public_pem: kp.public_key_pem(),
-        }
-    }
-
-    fn sign(&self, header: Header, claims: &serde_json::Value) -> String {
-        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
-    }
-
-    fn token(&self, claims: &serde_json::Value) -> String {
-        self.sign(Header::new(Algorithm::ES256), claims)
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims(overrides: serde_json::Value) -> serde_json::Value {
-    let mut c = serde_json::json!({
-        "iss": ISSUER, "sub": "agent-7", "aud": RESOURCE, "exp": now() + 600,
-        "iat": now(), "scope": "mcp:tools mcp:read", "client_id": "partner-a",
-    });
-    if let (Some(c), Some(o)) = (c.as_object_mut(), overrides.as_object()) {
-        for (k, v) in o {
-            c.insert(k.clone(), v.clone());
-        }
-    }
-    c
+    support::idp::merged(
+        serde_json::json!({
+            "iss": ISSUER, "sub": "agent-7", "aud": RESOURCE, "exp": now() + 600,
+            "iat": now(), "scope": "mcp:tools mcp:read", "client_id": "partner-a",
+        }),
+        overrides,
+    )
 }
 
 struct Setup {
     proxy: TestProxy,
     idp: Idp,
     _backend: raw::RawBackend,
-    seen: mpsc::UnboundedReceiver<http::HeaderMap>,
+    seen: mpsc::UnboundedReceiver<recording::Received>,
 }
 
 async fn setup() -> Setup {
-    let (tx, seen) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |req: http::Request<hyper::body::Incoming>| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(req.headers().clone());
-            http::Response::new(raw::full("ok"))
-        }
-    })
-    .await;
+    let (backend, seen) = recording::ok().await;
     let idp = Idp::new();
     let pki = support::Pki::new();
     std::fs::write(pki.dir.path().join("idp.pem"), &idp.public_pem).unwrap();
@@ -151,7 +111,7 @@ async fn refused(resp: reqwest::Response, status: u16, error: Option<&str>) {
 async fn every_rejection_path_answers_correctly_and_reaches_nothing() {
     let mut s = setup().await;
     let idp2 = Idp::new();
-    let t = |c: serde_json::Value| s.idp.token(&claims(c));
+    let t = |c: serde_json::Value| s.idp.sign_es256(&claims(c));
     let none_alg = format!(
         "{}.{}.",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
@@ -195,7 +155,7 @@ async fn every_rejection_path_answers_correctly_and_reaches_nothing() {
             "bad signature",
             Some(format!(
                 "Bearer {}",
-                idp2.token(&claims(serde_json::json!({})))
+                idp2.sign_es256(&claims(serde_json::json!({})))
             )),
             401,
             Some("invalid_token"),
@@ -298,7 +258,7 @@ async fn every_rejection_path_answers_correctly_and_reaches_nothing() {
 #[tokio::test]
 async fn valid_token_reaches_backend_as_identity_without_authorization() {
     let mut s = setup().await;
-    let token = s.idp.token(&claims(serde_json::json!({})));
+    let token = s.idp.sign_es256(&claims(serde_json::json!({})));
     let resp = s
         .proxy
         .client(true)
@@ -311,7 +271,7 @@ async fn valid_token_reaches_backend_as_identity_without_authorization() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let h = s.seen.recv().await.unwrap();
+    let h = s.seen.recv().await.unwrap().headers;
     assert!(
         h.get("authorization").is_none(),
         "the client's token must never reach the backend"
@@ -445,7 +405,7 @@ async fn rmcp_client_with_a_bearer_token_end_to_end() {
         ),
     )
     .await;
-    let token = idp.token(&claims(serde_json::json!({})));
+    let token = idp.sign_es256(&claims(serde_json::json!({})));
     let transport = StreamableHttpClientTransport::with_client(
         proxy.client(false),
         StreamableHttpClientTransportConfig::with_uri(proxy.url("/mcp")).auth_header(token),
@@ -466,15 +426,7 @@ async fn rmcp_client_with_a_bearer_token_end_to_end() {
 #[tokio::test]
 async fn backend_gets_a_token_signed_by_the_proxy_not_the_clients() {
     use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
-    let (tx, mut seen) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |req: http::Request<hyper::body::Incoming>| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(req.headers().clone());
-            http::Response::new(raw::full("ok"))
-        }
-    })
-    .await;
+    let (backend, mut seen) = recording::ok().await;
     let client_idp = support::idp::Idp::new();
     let pki = support::Pki::new();
     let issuer = client_idp.issuer_toml(pki.dir.path());
@@ -502,7 +454,7 @@ async fn backend_gets_a_token_signed_by_the_proxy_not_the_clients() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let h = seen.recv().await.unwrap();
+    let h = seen.recv().await.unwrap().headers;
     let upstream = h["authorization"]
         .to_str()
         .unwrap()

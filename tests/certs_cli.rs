@@ -3,8 +3,9 @@
 //! expired or unreadable), 64 (bad config); the table; the JSON document. Default thresholds:
 //! warning at 30 days, critical at 7.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -12,9 +13,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde_json::Value;
-
-/// `EXIT_CONFIG` in src/main.rs.
-const EXIT_CONFIG: i32 = 64;
+use support::cli::{EXIT_CONFIG, Run};
 const DAY: Duration = Duration::from_secs(86_400);
 /// Added to every "N days left" so the whole-day figure is still N when the binary runs.
 const MARGIN: Duration = Duration::from_secs(3_600);
@@ -105,29 +104,17 @@ impl TestCa {
     }
 }
 
-/// A temporary directory for certificates and `edge.toml`.
-struct Fixture {
-    dir: tempfile::TempDir,
-    root: TestCa,
-}
+/// A temporary directory for certificates and `edge.toml`, with the root CA.
+type Fixture = support::cli::Fixture<TestCa>;
 
 impl Fixture {
     fn new() -> Fixture {
-        Fixture {
-            dir: tempfile::tempdir().expect("tempdir"),
-            root: TestCa::root("Certs Test Root"),
-        }
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, contents).expect("write fixture file");
-        p
+        Fixture::with_ca(TestCa::root("Certs Test Root"))
     }
 
     /// Writes `{stem}.pem` (leaf, then `chain` PEMs) and `{stem}.key`.
     fn leaf(&self, stem: &str, cn: &str, sans: &[&str], not_after: SystemTime, chain: &[&str]) {
-        let issuer = &self.root;
+        let issuer = &self.ca;
         let (cert, key) = issuer.leaf(cn, sans, not_after);
         self.write(&format!("{stem}.pem"), cert + &chain.concat());
         self.write(&format!("{stem}.key"), key);
@@ -172,28 +159,13 @@ upstream = "http://127.0.0.1:9000/mcp"
     }
 }
 
-struct Run {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 fn certs_status(config: &Path, json: bool) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-edge"));
+    let mut cmd = support::cli::command();
     cmd.args(["certs", "status", "--config"]).arg(config);
     if json {
         cmd.arg("--json");
     }
-    let out = cmd
-        .env_remove("MCP_EDGE_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run mcp-edge certs status");
-    Run {
-        status: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cmd.output().expect("run mcp-edge certs status").into()
 }
 
 #[track_caller]
@@ -227,9 +199,7 @@ fn json(r: &Run) -> Value {
 #[test]
 fn all_ok_exits_0_and_lists_leaf_and_chain() {
     let fx = Fixture::new();
-    let inter = fx
-        .root
-        .intermediate("Certs Test Intermediate", in_days(1000));
+    let inter = fx.ca.intermediate("Certs Test Intermediate", in_days(1000));
     let (leaf, key) = inter.leaf(
         "edge.example",
         &["edge.example", "mcp.edge.example", "127.0.0.1"],
@@ -332,8 +302,8 @@ fn json_lists_every_certificate_in_config_order() {
         &[],
     );
     fx.leaf("sni", "api.example", &["api.example"], in_days(20), &[]);
-    fx.write("client-ca.pem", &fx.root.pem);
-    fx.write("client.crl", fx.root.crl(in_days(3)));
+    fx.write("client-ca.pem", &fx.ca.pem);
+    fx.write("client.crl", fx.ca.crl(in_days(3)));
     let upstream_ca = TestCa::root("Upstream Root");
     fx.write("upstream-ca.pem", &upstream_ca.pem);
     fx.leaf(
@@ -343,7 +313,7 @@ fn json_lists_every_certificate_in_config_order() {
         in_days(60),
         &[],
     );
-    fx.write("webhook-ca.pem", &fx.root.pem);
+    fx.write("webhook-ca.pem", &fx.ca.pem);
     let cfg = fx.config(
         r#"client_auth = "optional"
 client_ca = "client-ca.pem"
@@ -525,7 +495,7 @@ fn config_errors_exit_64() {
 
 #[test]
 fn help_documents_exit_codes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
+    let out = support::cli::command()
         .args(["certs", "status", "--help"])
         .output()
         .expect("run --help");

@@ -2,70 +2,22 @@
 //! problem), the stdout summary, and stderr messages that name the key or file at fault and why.
 //! Every test has its own temporary directory and PKI, so they all run in parallel.
 
+mod support;
+
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::Duration;
 
-use mcp_edge::demo::pki::DevCa;
-
-/// `EXIT_CONFIG` in src/main.rs.
-const EXIT_CONFIG: i32 = 64;
+use support::cli::{EXIT_CONFIG, Run};
 
 /// A temporary directory holding a CA, a default `localhost` server certificate
 /// (`server.pem` / `server.key`) and, once written, the config file `edge.toml`.
-struct Fixture {
-    dir: tempfile::TempDir,
-    ca: DevCa,
-}
+type Fixture = support::cli::Fixture;
 
 impl Fixture {
     fn new() -> Fixture {
-        let fx = Fixture {
-            dir: tempfile::tempdir().expect("tempdir"),
-            ca: DevCa::new("check test CA").expect("CA"),
-        };
-        fx.issue("server", &["localhost", "127.0.0.1"]);
-        fx
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, contents).expect("write fixture file");
-        p
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).expect("read fixture file")
-    }
-
-    /// Issues a server certificate for `names` into `{stem}.pem` / `{stem}.key`.
-    fn issue(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let c = self.ca.issue_server(names).expect("issue server cert");
-        (
-            self.write(&format!("{stem}.pem"), &c.cert_pem),
-            self.write(&format!("{stem}.key"), &c.key_pem),
-        )
-    }
-
-    /// Issues a client certificate into `{stem}.pem` / `{stem}.key`.
-    fn issue_client(&self, stem: &str) -> (PathBuf, PathBuf) {
-        let c = self
-            .ca
-            .issue_client("mcp-edge", Some("spiffe://example.org/edge"))
-            .expect("issue client cert");
-        (
-            self.write(&format!("{stem}.pem"), &c.cert_pem),
-            self.write(&format!("{stem}.key"), &c.key_pem),
-        )
-    }
-
-    /// Writes the CA certificate to `ca.pem`.
-    fn write_ca(&self) -> PathBuf {
-        self.write("ca.pem", &self.ca.cert_pem)
+        Fixture::with_dev_ca("check test CA")
     }
 
     /// Writes `edge.toml` and returns its path.
@@ -123,31 +75,12 @@ upstream = "https://backend.internal:9443/mcp"
     }
 }
 
-/// What one `mcp-edge check` run produced.
-struct Run {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 fn run_check(config: &Path) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
-        .arg("check")
-        .arg("--config")
-        .arg(config)
-        .env_remove("MCP_EDGE_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run mcp-edge check");
-    to_run(out)
-}
-
-fn to_run(out: Output) -> Run {
-    Run {
-        status: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    support::cli::run([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ])
 }
 
 /// Runs check on `config`, expects success, returns stdout.
@@ -217,13 +150,6 @@ fn self_signed(fx: &Fixture, stem: &str, not_before: u64, not_after: u64) {
     let cert = params.self_signed(&key).expect("self-sign");
     fx.write(&format!("{stem}.pem"), cert.pem());
     fx.write(&format!("{stem}.key"), key.serialize_pem());
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 // ── Valid configurations ─────────────────────────────────────────────────────────────────────
@@ -310,7 +236,7 @@ transport = "sse"
 #[test]
 fn summary_counts_days_left_until_expiry() {
     let fx = Fixture::new();
-    let now = now_secs();
+    let now = support::clock::now();
     // Ten days and an hour: the count is whole days, rounded down.
     self_signed(&fx, "soon", now - 86_400, now + 10 * 86_400 + 3_600);
     let out = check_ok(&fx.config_with("soon.pem", "soon.key", ""));
@@ -325,7 +251,7 @@ fn summary_counts_days_left_until_expiry() {
 #[test]
 fn expired_certificate_fails_check() {
     let fx = Fixture::new();
-    let now = now_secs();
+    let now = support::clock::now();
     self_signed(&fx, "old", now - 30 * 86_400, now - 86_400);
     check_fails(
         &fx.config_with("old.pem", "old.key", ""),
@@ -339,7 +265,7 @@ fn expired_certificate_fails_check() {
 #[test]
 fn expired_sni_certificate_fails_check() {
     let fx = Fixture::new();
-    let now = now_secs();
+    let now = support::clock::now();
     self_signed(&fx, "old", now - 30 * 86_400, now - 86_400);
     let config = fx.config_with(
         "server.pem",
@@ -378,7 +304,7 @@ fn config_path_may_come_from_the_environment() {
         .env("MCP_EDGE_CONFIG", &config)
         .output()
         .expect("run mcp-edge check");
-    let r = to_run(out);
+    let r = Run::from(out);
     assert_eq!(r.status, Some(0), "stderr: {}", r.stderr);
     assert!(r.stdout.contains("route /mcp"), "{}", r.stdout);
 }
@@ -845,7 +771,7 @@ fn public_url_host_may_be_served_by_an_sni_certificate() {
 #[test]
 fn certificate_not_valid_yet_fails_check() {
     let fx = Fixture::new();
-    let now = now_secs();
+    let now = support::clock::now();
     self_signed(&fx, "early", now + 86_400, now + 30 * 86_400);
     check_fails(
         &fx.config_with("early.pem", "early.key", ""),

@@ -7,15 +7,12 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use support::{TestProxy, raw, route};
+use support::{TestProxy, raw, route, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -62,26 +59,7 @@ async fn proxy(listener_keys: &str, tables: &str, backend: &raw::RawBackend) -> 
         ),
         route("/mcp", &format!("http://{}/mcp", backend.addr))
     );
-    let cfg = mcp_edge::config::parse(&text, std::path::Path::new("t.toml"), pki.dir.path())
-        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
-    let running = mcp_edge::app::start(cfg).await.expect("proxy starts");
-    TestProxy {
-        addr: running.addr,
-        pki,
-        running: Some(running),
-    }
-}
-
-fn client_config(proxy: &TestProxy, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(proxy.pki.ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(cfg)
+    support::start_proxy_text(pki, &text).await
 }
 
 /// A TCP connection to the proxy from the loopback address `from` (Linux routes all of
@@ -99,8 +77,7 @@ async fn tls_from(
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = tcp_from(from, proxy.addr).await?;
-    let handshake = tokio_rustls::TlsConnector::from(client_config(proxy, alpn))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp);
+    let handshake = tls::handshake(tcp, tls::client_config(&proxy.pki.ca.cert_pem, None, alpn));
     tokio::time::timeout(SLACK, handshake)
         .await
         .map_err(|_| std::io::Error::other("handshake did not finish"))?

@@ -3,63 +3,35 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use support::{TestProxy, raw, route, start_proxy};
+use support::tls::{self, status as status_of};
+use support::{TestProxy, raw, recording, route, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// A valid JSON-RPC request body (40 bytes); the proxy now reads every POST as JSON-RPC.
 const PING: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 
-async fn tls(proxy: &TestProxy) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(proxy.pki.ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
 /// Writes `request` raw and returns whatever comes back before the server closes or 5 s pass.
 async fn raw_exchange(proxy: &TestProxy, request: &[u8]) -> String {
-    let mut s = tls(proxy).await;
-    let _ = s.write_all(request).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    tls::exchange(proxy, None, request, Duration::from_secs(5)).await
 }
 
-async fn setup(extra: &str) -> (TestProxy, raw::RawBackend, mpsc::UnboundedReceiver<()>) {
-    let (tx, hits) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |_req| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(());
-            http::Response::new(raw::full("ok"))
-        }
-    })
-    .await;
+async fn setup(
+    extra: &str,
+) -> (
+    TestProxy,
+    raw::RawBackend,
+    mpsc::UnboundedReceiver<recording::Received>,
+) {
+    let (backend, hits) = recording::ok().await;
     let proxy = start_proxy(&format!(
         "{extra}{}",
         route("/mcp", &format!("http://{}/mcp", backend.addr))
     ))
     .await;
     (proxy, backend, hits)
-}
-
-fn status_of(response: &str) -> &str {
-    response.get(9..12).unwrap_or("")
 }
 
 #[tokio::test]
@@ -130,7 +102,7 @@ async fn malformed_http_is_refused_before_the_backend() {
 #[tokio::test]
 async fn slow_request_heads_are_cut_off() {
     let (proxy, _backend, mut hits) = setup("[http]\nheader_read_timeout = \"500ms\"\n").await;
-    let mut s = tls(&proxy).await;
+    let mut s = tls::stream(&proxy, None, b"http/1.1").await;
     s.write_all(b"POST /mcp HTTP/1.1\r\nHost: local")
         .await
         .unwrap();

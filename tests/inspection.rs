@@ -5,20 +5,19 @@ mod support;
 
 use std::time::Duration;
 
-use support::{TestProxy, raw, route, start_proxy};
+use support::{TestProxy, raw, recording, route, start_proxy};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-async fn setup(extra: &str) -> (TestProxy, raw::RawBackend, mpsc::UnboundedReceiver<()>) {
-    let (tx, hits) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |_req| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(());
-            http::Response::new(raw::full(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#))
-        }
-    })
-    .await;
+async fn setup(
+    extra: &str,
+) -> (
+    TestProxy,
+    raw::RawBackend,
+    mpsc::UnboundedReceiver<recording::Received>,
+) {
+    let (backend, hits) =
+        recording::serve(|| http::Response::new(raw::full(recording::RESULT))).await;
     let proxy = start_proxy(&format!(
         "{extra}{}",
         route("/mcp", &format!("http://{}/mcp", backend.addr))
@@ -188,13 +187,13 @@ async fn base64_encoded_mcp_name_is_compared_decoded() {
 #[tokio::test]
 async fn body_that_never_finishes_is_408_and_never_forwarded() {
     let (proxy, _backend, mut hits) = setup("[http]\nheader_read_timeout = \"1s\"\n").await;
-    let mut s = support::raw::tls_connect(&proxy).await;
+    let mut s = support::tls::stream(&proxy, None, b"http/1.1").await;
     s.write_all(
         b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"jsonrpc\":",
     )
     .await
     .unwrap();
-    let out = support::raw::read_all(&mut s, Duration::from_secs(5)).await;
+    let out = support::tls::read_all(&mut s, Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
     assert!(out.contains("\"jsonrpc\":\"2.0\""), "{out}");
     assert!(hits.try_recv().is_err());

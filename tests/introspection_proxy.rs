@@ -7,10 +7,8 @@
 mod introspection_server;
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use introspection_server::{ClientAuth, IntrospectionServer};
-use support::{TestProxy, raw, start_proxy_with};
+use support::{TestProxy, raw, recording, start_proxy_with};
 use tokio::sync::mpsc;
 
 const ISS: &str = "https://as.partner.example";
@@ -20,19 +18,11 @@ struct Setup {
     proxy: TestProxy,
     server: IntrospectionServer,
     _backend: raw::RawBackend,
-    seen: mpsc::UnboundedReceiver<http::HeaderMap>,
+    seen: mpsc::UnboundedReceiver<recording::Received>,
 }
 
 async fn setup() -> Setup {
-    let (tx, seen) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |req: http::Request<hyper::body::Incoming>| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(req.headers().clone());
-            http::Response::new(raw::full("ok"))
-        }
-    })
-    .await;
+    let (backend, seen) = recording::ok().await;
     let server = IntrospectionServer::start("mcp-edge", SECRET, ClientAuth::Basic).await;
     let pki = support::Pki::new();
     std::fs::write(pki.dir.path().join("as.secret"), format!("{SECRET}\n")).unwrap();
@@ -72,10 +62,7 @@ scopes = ["memory:read"]
 }
 
 fn active() -> serde_json::Value {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = support::clock::now();
     serde_json::json!({
         "active": true, "iss": ISS, "sub": "partner-42", "client_id": "partner-app",
         "aud": "https://localhost:8443/memory", "scope": "memory:read", "exp": now + 300,
@@ -103,7 +90,7 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
 
     let ok = call(&s, "opaque-good").await;
     assert_eq!(ok.status(), 200);
-    let h = s.seen.recv().await.unwrap();
+    let h = s.seen.recv().await.unwrap().headers;
     assert!(h.get("authorization").is_none());
     assert_eq!(h["x-mcp-edge-subject"], "partner-42");
     assert_eq!(h["x-mcp-edge-issuer"], ISS);

@@ -456,11 +456,8 @@ async fn demo_prints_a_command_that_returns_a_tool_result() {
     let ca = std::fs::read(words[1]).expect("printed CA path exists");
     let url = words[2];
     assert_eq!(url, format!("https://localhost:{port}/mcp"));
-    let ca = reqwest::Certificate::from_pem(&ca).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
+    let client = support::trusting(&ca)
         .resolve("localhost", ([127, 0, 0, 1], port).into())
-        .no_proxy()
         .build()
         .unwrap();
     let mut headers: Vec<(String, String)> = Vec::new();

@@ -3,39 +3,24 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use mcp_edge::demo::pki::{DevCa, IssuedCert};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{Pki, TestProxy, raw, start_proxy_with};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::tls::{self, status};
+use support::{Pki, TestProxy, raw, recording, start_proxy_with};
 use tokio::sync::mpsc;
 
 struct Setup {
     proxy: TestProxy,
     _backend: raw::RawBackend,
-    hits: mpsc::UnboundedReceiver<Option<String>>,
+    hits: mpsc::UnboundedReceiver<recording::Received>,
     good: IssuedCert,
     revoked: IssuedCert,
     stranger: IssuedCert,
 }
 
 async fn setup(mode: &str) -> Setup {
-    let (tx, hits) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |req: http::Request<hyper::body::Incoming>| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(
-                req.headers()
-                    .get("x-client-cert")
-                    .map(|v| v.to_str().unwrap_or("?").to_owned()),
-            );
-            http::Response::new(raw::full("ok"))
-        }
-    })
-    .await;
+    let (backend, hits) = recording::ok().await;
     let pki = Pki::new();
     let good = pki
         .ca
@@ -96,46 +81,7 @@ async fn request_with(
     path: &str,
     headers: &str,
 ) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(proxy.pki.ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let mut cfg = match cert {
-        Some(c) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
-        support::PING.len(),
-        support::PING
-    );
-    tls.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
-        .await
-        .map_err(|_| "timeout".to_owned())?
-        .map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn status(resp: &str) -> &str {
-    resp.get(9..12).unwrap_or("")
+    tls::post_ping(proxy.addr, &proxy.pki.ca.cert_pem, cert, path, headers).await
 }
 
 #[tokio::test]
@@ -276,15 +222,7 @@ fn thumbprint(cert: &IssuedCert) -> String {
 
 #[tokio::test]
 async fn certificate_bound_tokens_must_come_with_their_certificate() {
-    let (tx, mut hits) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |_req| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(());
-            http::Response::new(raw::full("ok"))
-        }
-    })
-    .await;
+    let (backend, mut hits) = recording::ok().await;
     let pki = Pki::new();
     let a = pki.ca.issue_client("partner-a", None).unwrap();
     let b = pki.ca.issue_client("partner-b", None).unwrap();

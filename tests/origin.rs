@@ -3,25 +3,17 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use support::{TestProxy, raw, start_proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{TestProxy, raw, recording, start_proxy, tls};
 use tokio::sync::mpsc;
 
-async fn setup() -> (TestProxy, raw::RawBackend, mpsc::UnboundedReceiver<()>) {
-    let (tx, hits) = mpsc::unbounded_channel();
-    let backend = raw::serve(move |_req| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(());
-            http::Response::new(raw::full("ok"))
-        }
-    })
-    .await;
+async fn setup() -> (
+    TestProxy,
+    raw::RawBackend,
+    mpsc::UnboundedReceiver<recording::Received>,
+) {
+    let (backend, hits) = recording::ok().await;
     let proxy = start_proxy(&format!(
         r#"[[routes]]
 path = "/mcp"
@@ -205,27 +197,11 @@ async fn cors_preflight() {
 #[tokio::test]
 async fn foreign_host_is_refused_dns_rebinding() {
     let (proxy, _backend, mut hits) = setup().await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(proxy.pki.ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     for host in ["evil.example", "localhost.evil.example", "127.0.0.1:1"] {
-        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg.clone()))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
         let req = format!(
             "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
         );
-        tls.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
-        let text = String::from_utf8_lossy(&out);
+        let text = tls::exchange(&proxy, None, req.as_bytes(), Duration::from_secs(5)).await;
         assert!(text.starts_with("HTTP/1.1 403"), "Host {host}: {text}");
         assert!(text.contains("\"jsonrpc\":\"2.0\""), "{text}");
     }

@@ -428,18 +428,7 @@ async fn rmcp_client_sees_the_filtered_list_and_cannot_call_the_rest() {
 
 #[tokio::test]
 async fn every_call_is_audited_with_its_decision_and_the_chain_verifies() {
-    let (tx, _seen) = mpsc::unbounded_channel::<()>();
-    let backend = raw::serve(move |_req| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(());
-            http::Response::builder()
-                .header("content-type", "application/json")
-                .body(raw::full(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#))
-                .unwrap()
-        }
-    })
-    .await;
+    let (backend, _seen) = support::recording::json_result().await;
     let idp = Idp::new();
     let pki = support::Pki::new();
     let issuer = idp.issuer_toml(pki.dir.path());

@@ -247,15 +247,7 @@ async fn backend_that_never_answers_is_504_json() {
 
 #[tokio::test]
 async fn unknown_path_method_session_and_oversized_body_are_refused() {
-    let (tx, mut hits) = mpsc::unbounded_channel::<()>();
-    let backend = raw::serve(move |_req| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(());
-            Response::new(raw::full("ok"))
-        }
-    })
-    .await;
+    let (backend, mut hits) = support::recording::ok().await;
     let proxy = start_proxy(&format!(
         "[http]\nmax_request_body_bytes = 1024\n{}",
         route("/mcp", &format!("http://{}/mcp", backend.addr))

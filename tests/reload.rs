@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,9 +13,8 @@ use std::time::Duration;
 
 use mcp_edge::app::{self, Running};
 use mcp_edge::demo::pki::{DevCa, IssuedCert};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::raw;
+use support::tls::{self, der};
 
 /// A proxy started from a config file, with its certificate files in `dir`.
 struct Live {
@@ -106,11 +106,9 @@ impl Live {
     }
 
     fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem().as_bytes()).unwrap()])
+        support::trusting(self.ca_pem())
             .resolve("localhost", self.running.addr)
             .http1_only()
-            .no_proxy()
             .build()
             .unwrap()
     }
@@ -121,21 +119,7 @@ impl Live {
 
     /// The leaf certificate a new handshake is given.
     async fn presented(&self) -> Vec<u8> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.ca_pem().as_bytes()).unwrap())
-            .unwrap();
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(self.running.addr)
-            .await
-            .unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        tls::presented(self.running.addr, self.ca_pem()).await
     }
 
     /// Waits until new handshakes present `cert` (the watcher debounces and reloads).
@@ -149,12 +133,6 @@ impl Live {
         }
         panic!("the new certificate was not picked up");
     }
-}
-
-fn der(pem: &str) -> Vec<u8> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .unwrap()
-        .to_vec()
 }
 
 /// Keeps POSTing until stopped; counts failures.
@@ -495,36 +473,7 @@ async fn crl_update_revokes_a_client_for_new_connections() {
 
 /// Status code of one request over a fresh TLS connection presenting `cert`.
 async fn request_with_cert(live: &Live, cert: &IssuedCert) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(live.ca_pem().as_bytes()).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(live.running.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        support::PING.len(),
-        support::PING
-    );
-    tls.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out).into_owned();
+    let text = tls::post_ping(live.running.addr, live.ca_pem(), Some(cert), "/mcp", "").await?;
     text.get(9..12)
         .map(str::to_owned)
         .ok_or_else(|| format!("no status: {text}"))
@@ -602,18 +551,12 @@ async fn admin_reload_metrics_certs_and_readiness() {
 
 /// `mcp-edge check` on `config`: exit status and stderr.
 fn run_check(config: &Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-edge"))
-        .arg("check")
-        .arg("--config")
-        .arg(config)
-        .env_remove("MCP_EDGE_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = support::cli::run([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ]);
+    (r.status, r.stderr)
 }
 
 #[tokio::test]

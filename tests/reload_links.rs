@@ -6,14 +6,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mcp_edge::app::{self, Running};
 use mcp_edge::demo::pki::{DevCa, IssuedCert};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use support::tls::{self, der};
 
 /// How long a change may take to be served: the 500 ms debounce plus a reload, with room for
 /// a slow machine. The rescan (1 h) cannot fire within it.
@@ -103,21 +101,7 @@ upstream = "http://127.0.0.1:9/mcp"
 
     /// The leaf certificate a new handshake is given.
     async fn presented(&self) -> Vec<u8> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.ca.cert_pem.as_bytes()).unwrap())
-            .unwrap();
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(self.running.addr)
-            .await
-            .unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        tls::presented(self.running.addr, &self.ca.cert_pem).await
     }
 
     /// Waits up to [`PICK_UP`] for new handshakes to present `cert`; returns how long it took.
@@ -139,12 +123,6 @@ upstream = "http://127.0.0.1:9/mcp"
         let s = &self.running.reloader.stats;
         s.tls_applied.load(Ordering::Relaxed) + s.tls_failed.load(Ordering::Relaxed)
     }
-}
-
-fn der(pem: &str) -> Vec<u8> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .unwrap()
-        .to_vec()
 }
 
 /// certbot: `live/x/{cert,privkey}.pem` → `../../archive/x/{cert,privkey}1.pem`.

@@ -3,51 +3,12 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use support::process::{Spawned, free_port, signal, wait_listening};
 use support::{Pki, raw};
-
-struct Proxy {
-    child: Child,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("proxy did not start listening on {port}");
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
 
 #[tokio::test]
 async fn sigterm_drains_then_exits_zero() {
@@ -107,22 +68,17 @@ upstream = "http://{}/mcp"
         .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");
-    let mut proxy = Proxy { child };
+    let mut proxy = Spawned { child };
     wait_listening(port).await;
 
-    let ca = reqwest::Certificate::from_pem(pki.ca.cert_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .no_proxy()
-        .build()
-        .unwrap();
+    let client = support::trusting(&pki.ca.cert_pem).build().unwrap();
     let url = format!("https://localhost:{port}/mcp");
     let mut get = client.get(&url).send().await.unwrap();
     let post = client.post(&url).body(support::PING).send().await.unwrap();
     assert_eq!(get.status(), 200);
     assert!(get.chunk().await.unwrap().is_some());
 
-    sigterm(&proxy.child);
+    signal(&proxy.child, "-TERM");
 
     // The in-flight call completes in full.
     let text = tokio::time::timeout(Duration::from_secs(10), post.text())
@@ -194,14 +150,9 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("binary starts");
-    let proxy = Proxy { child };
+    let proxy = Spawned { child };
     wait_listening(port).await;
-    let ca = reqwest::Certificate::from_pem(pki.ca.cert_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .no_proxy()
-        .build()
-        .unwrap();
+    let client = support::trusting(&pki.ca.cert_pem).build().unwrap();
     let status = |path: &'static str| {
         let client = client.clone();
         async move {
@@ -214,13 +165,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
                 .status()
         }
     };
-    let hup = || {
-        let ok = Command::new("kill")
-            .args(["-HUP", &proxy.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(ok.success());
-    };
+    let hup = || signal(&proxy.child, "-HUP");
     assert_eq!(status("/v2").await, 404);
 
     let with_v2 = format!(

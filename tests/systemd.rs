@@ -9,22 +9,16 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use support::Pki;
+use support::process::{self, Spawned, free_port};
 
-/// Kills the child if the test fails half-way.
+/// The child (killed if the test fails half-way) and the file its stderr goes to.
 struct Proxy {
-    child: Child,
+    spawned: Spawned,
     log: PathBuf,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Proxy {
@@ -33,17 +27,13 @@ impl Proxy {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {sig}");
+        process::signal(&self.spawned.child, sig);
     }
 
     fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.spawned.child.try_wait().expect("try_wait") {
                 return status;
             }
             assert!(
@@ -147,7 +137,7 @@ impl Manager {
                     ) => {}
                 Err(e) => panic!("notify socket: {e}"),
             }
-            if let Some(status) = proxy.child.try_wait().expect("try_wait") {
+            if let Some(status) = proxy.spawned.child.try_wait().expect("try_wait") {
                 panic!(
                     "proxy exited ({status}) before sending {what}; seen: {:#?}\nlog:\n{}",
                     self.raw(),
@@ -240,7 +230,10 @@ fn notifies_ready_reloading_stopping_in_order() {
         .spawn()
         .expect("binary starts");
     let pid = child.id();
-    let mut proxy = Proxy { child, log };
+    let mut proxy = Proxy {
+        spawned: Spawned { child },
+        log,
+    };
 
     let ready = manager.expect(&mut proxy, "READY=1", Duration::from_secs(30), |m| {
         m.has("READY", "1")
@@ -305,14 +298,6 @@ fn notifies_ready_reloading_stopping_in_order() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -352,7 +337,10 @@ async fn serves_on_a_socket_passed_by_the_service_manager() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("systemd-socket-activate starts");
-    let mut proxy = Proxy { child, log };
+    let mut proxy = Proxy {
+        spawned: Spawned { child },
+        log,
+    };
 
     // The first connection wakes systemd-socket-activate; it stays in the backlog.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -373,11 +361,8 @@ async fn serves_on_a_socket_passed_by_the_service_manager() {
         m.has("READY", "1")
     });
 
-    let ca = reqwest::Certificate::from_pem(pki.ca.cert_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
+    let client = support::trusting(&pki.ca.cert_pem)
         .resolve("localhost", ([127, 0, 0, 1], port).into())
-        .no_proxy()
         .build()
         .unwrap();
     let res = client

@@ -1,8 +1,6 @@
 //! A token issuer for tests: an ES256 key written as a PEM public key the proxy trusts, and
 //! claims with sensible defaults for the routes of `https://localhost:8443`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 /// The issuer the test proxy configs name.
@@ -50,19 +48,35 @@ impl Idp {
 
     /// An ES256 token for route `path` with `overrides` merged into the default claims.
     pub fn token(&self, path: &str, overrides: serde_json::Value) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        let mut c = serde_json::json!({
-            "iss": self.issuer, "sub": "agent-7", "aud": format!("https://localhost:8443{path}"),
-            "exp": now + 600, "iat": now, "scope": "mcp:tools", "client_id": "partner-a",
-        });
-        if let (Some(c), Some(o)) = (c.as_object_mut(), overrides.as_object()) {
-            for (k, v) in o {
-                c.insert(k.clone(), v.clone());
-            }
-        }
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &c, &self.key).expect("sign")
+        let now = super::clock::now();
+        let claims = merged(
+            serde_json::json!({
+                "iss": self.issuer, "sub": "agent-7", "aud": format!("https://localhost:8443{path}"),
+                "exp": now + 600, "iat": now, "scope": "mcp:tools", "client_id": "partner-a",
+            }),
+            overrides,
+        );
+        self.sign_es256(&claims)
     }
+
+    /// An ES256 token carrying exactly `claims`.
+    pub fn sign_es256(&self, claims: &serde_json::Value) -> String {
+        self.sign(Header::new(Algorithm::ES256), claims)
+    }
+
+    /// A token carrying exactly `claims` under `header` (a chosen `kid`, `typ`, …), signed with
+    /// this key.
+    pub fn sign(&self, header: Header, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(&header, claims, &self.key).expect("sign")
+    }
+}
+
+/// `base` with every key of `overrides` set to its value there.
+pub fn merged(mut base: serde_json::Value, overrides: serde_json::Value) -> serde_json::Value {
+    if let (Some(c), Some(o)) = (base.as_object_mut(), overrides.as_object()) {
+        for (k, v) in o {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    base
 }

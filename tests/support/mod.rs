@@ -6,8 +6,13 @@
 pub const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 
 pub mod backends;
+pub mod cli;
+pub mod clock;
 pub mod idp;
+pub mod process;
 pub mod raw;
+pub mod recording;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,11 +85,7 @@ impl TestProxy {
 
     /// A reqwest client trusting the test CA; `h1` forces HTTP/1.1, otherwise ALPN picks h2.
     pub fn client(&self, h1: bool) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(self.pki.ca.cert_pem.as_bytes()).expect("ca");
-        let mut b = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .resolve("localhost", self.addr)
-            .no_proxy();
+        let mut b = trusting(&self.pki.ca.cert_pem).resolve("localhost", self.addr);
         if h1 {
             b = b.http1_only();
         }
@@ -106,6 +107,12 @@ impl Drop for TestProxy {
             r.shutdown.force();
         }
     }
+}
+
+/// A reqwest client builder that trusts only `ca_pem` and ignores proxy settings.
+pub fn trusting(ca_pem: impl AsRef<[u8]>) -> reqwest::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_ref()).expect("ca");
+    reqwest::Client::builder().tls_certs_only([ca]).no_proxy()
 }
 
 /// The `[listener]` section for a proxy on 127.0.0.1:0 using `pki`.
@@ -132,7 +139,12 @@ pub async fn start_proxy(rest: &str) -> TestProxy {
 /// Like [`start_proxy`] with a prepared PKI.
 pub async fn start_proxy_with(pki: Pki, rest: &str) -> TestProxy {
     let text = format!("{}{}", listener_toml(&pki), rest);
-    let cfg = mcp_edge::config::parse(&text, std::path::Path::new("test.toml"), pki.dir.path())
+    start_proxy_text(pki, &text).await
+}
+
+/// Starts a proxy from the whole config `text`; relative paths are read from the PKI directory.
+pub async fn start_proxy_text(pki: Pki, text: &str) -> TestProxy {
+    let cfg = mcp_edge::config::parse(text, std::path::Path::new("test.toml"), pki.dir.path())
         .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
     let running = app::start(cfg).await.expect("proxy starts");
     TestProxy {
