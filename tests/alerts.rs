@@ -2,9 +2,11 @@
 //! tokio-rustls on 127.0.0.1:0, with its own rcgen CA) and a real command hook. Time is driven
 //! by passing `now` to `Alerter::check`, so "two hours later" takes no time.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -18,20 +20,11 @@ use mcp_edge::certs::inventory::{self, CertStatus, Level};
 use mcp_edge::config::{CertsSettings, WebhookSettings};
 use mcp_edge::demo::pki::DevCa;
 use rcgen::{CertificateParams, DnType, KeyPair};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3_600);
 const DAY: Duration = Duration::from_secs(86_400);
-
-fn init() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    });
-}
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -52,22 +45,10 @@ struct Receiver {
 
 impl Receiver {
     async fn start(dir: &Path) -> Receiver {
-        init();
-        let ca = DevCa::new("webhook receiver CA").expect("CA");
-        let leaf = ca.issue_server(&["localhost", "127.0.0.1"]).expect("leaf");
+        support::init();
         let ca_path = dir.join("webhook-ca.pem");
-        std::fs::write(&ca_path, &ca.cert_pem).expect("write CA");
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("cert");
-        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-        let mut tls = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor =
+            support::https::acceptor("webhook receiver CA", &ca_path, &[b"h2", b"http/1.1"]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

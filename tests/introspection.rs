@@ -2,8 +2,7 @@
 //! authentication (Basic and Post), active/inactive answers, failures that must never
 //! succeed, the answer cache (positive, negative, `exp`-bounded), and single-flight calls.
 
-#[path = "support/introspection_server.rs"]
-mod introspection_server;
+mod support;
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
@@ -13,21 +12,15 @@ use mcp_edge::auth::introspection::{
     ClientAuthMethod, IntrospectionConfig, IntrospectionError, Introspector,
 };
 use serde_json::{Value, json};
+use support::clock::now;
 
-use introspection_server::{ClientAuth, IntrospectionServer};
+use support::introspection_server::{ClientAuth, IntrospectionServer};
 
 const ISS: &str = "https://as.example.com";
 const AUD: &str = "https://mcp.example.com/memory";
 const CLIENT_ID: &str = "mcp-edge proxy";
 /// Characters that need form encoding, to prove both sides agree on it.
 const SECRET: &str = "s3cret:with%odd+chars";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn active(scope: &str) -> Value {
     json!({

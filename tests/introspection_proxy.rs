@@ -3,11 +3,9 @@
 //! Active → relayed with identity headers; inactive → 401; endpoint down → 503; answers
 //! cached; the backend sees nothing of refused requests.
 
-#[path = "support/introspection_server.rs"]
-mod introspection_server;
 mod support;
 
-use introspection_server::{ClientAuth, IntrospectionServer};
+use support::introspection_server::{ClientAuth, IntrospectionServer};
 use support::{TestProxy, raw, recording, start_proxy_with};
 use tokio::sync::mpsc;
 

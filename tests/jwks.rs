@@ -1,8 +1,7 @@
 //! Bearer token validation against a local HTTPS JWKS endpoint: fetch, rotation, single-flight
 //! and rate-limited refetches, stale serving, the cache file, and every rejection path.
 
-#[path = "support/jwks_server.rs"]
-mod jwks_server;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,18 +15,15 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use mcp_edge::auth::jwks::{JwksUrlConfig, KeySource, KeyStore};
 use mcp_edge::auth::jwt::{IssuerPolicy, TokenError};
 use serde_json::{Value, json};
+use support::clock::now;
 
-use jwks_server::JwksServer;
+use support::jwks_server::JwksServer;
 
 const ISS: &str = "https://idp.example.com/tenant";
 const AUD: &str = "https://mcp.example.com/memory";
 
 fn init() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
 }
 
 fn pem(label: &str, der: &[u8]) -> String {

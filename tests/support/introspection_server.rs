@@ -2,7 +2,6 @@
 //! from its own test CA; checks the proxy's client credentials (`client_secret_basic` or
 //! `client_secret_post`), answers per token from a settable table (unknown tokens are
 //! inactive), counts requests, and can answer slowly, with another status or body, or go down.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,9 +16,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mcp_edge::demo::pki::DevCa;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
 /// How the endpoint expects the client to authenticate.
@@ -74,29 +70,9 @@ impl IntrospectionServer {
     /// Starts serving at `https://127.0.0.1:PORT/oauth2/introspect`, accepting only
     /// `client_id`/`client_secret` sent with `auth`.
     pub async fn start(client_id: &str, client_secret: &str, auth: ClientAuth) -> Self {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = DevCa::new("introspection test CA").expect("CA");
-        let server = ca
-            .issue_server(&["localhost", "127.0.0.1"])
-            .expect("server cert");
         let ca_path = dir.path().join("as-ca.pem");
-        std::fs::write(&ca_path, &ca.cert_pem).expect("write CA");
-
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("cert");
-        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).expect("key");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = super::https::acceptor("introspection test CA", &ca_path, &[b"http/1.1"]);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -1,6 +1,5 @@
 //! A local HTTPS JWKS endpoint for tests: serves a settable document on 127.0.0.1:0 with a
 //! certificate from its own test CA, counts requests, and can answer slowly, fail or stop.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,9 +12,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mcp_edge::demo::pki::DevCa;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 struct State {
     body: Mutex<String>,
@@ -37,29 +33,9 @@ pub struct JwksServer {
 impl JwksServer {
     /// Starts serving `jwks` at `https://127.0.0.1:PORT/jwks.json`.
     pub async fn start(jwks: String) -> JwksServer {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = DevCa::new("jwks test CA").expect("CA");
-        let server = ca
-            .issue_server(&["localhost", "127.0.0.1"])
-            .expect("server cert");
         let ca_path = dir.path().join("jwks-ca.pem");
-        std::fs::write(&ca_path, &ca.cert_pem).expect("write CA");
-
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("cert");
-        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).expect("key");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = super::https::acceptor("jwks test CA", &ca_path, &[b"http/1.1"]);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
