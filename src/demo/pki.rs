@@ -104,42 +104,34 @@ impl DevCa {
         common_name: &str,
         uri_san: Option<&str>,
     ) -> Result<IssuedCert, rcgen::Error> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        if let Some(uri) = uri_san {
-            params
-                .subject_alt_names
-                .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(
-                    uri,
-                )?));
-        }
-        let serial = new_serial();
-        params.serial_number = Some(serial.into());
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            serial,
-        })
+        self.issue_client_with(&[(DnType::CommonName, common_name)], uri_san)
     }
-}
 
-impl DevCa {
     /// Issues a client certificate whose subject has the attributes `subject`, in order (for
     /// tests of subject matching).
     pub fn issue_client_subject(
         &self,
         subject: &[(DnType, &str)],
     ) -> Result<IssuedCert, rcgen::Error> {
+        self.issue_client_with(subject, None)
+    }
+
+    fn issue_client_with(
+        &self,
+        subject: &[(DnType, &str)],
+        uri_san: Option<&str>,
+    ) -> Result<IssuedCert, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         for (kind, value) in subject {
             params.distinguished_name.push(kind.clone(), *value);
+        }
+        if let Some(uri) = uri_san {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(
+                    uri,
+                )?));
         }
         let serial = new_serial();
         params.serial_number = Some(serial.into());
