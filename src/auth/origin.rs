@@ -140,18 +140,6 @@ pub enum HostError {
     Malformed,
 }
 
-impl HostError {
-    /// The reason, for the client's error body.
-    pub fn describe(self) -> &'static str {
-        match self {
-            HostError::Missing => "the request names no host",
-            HostError::Several => "more than one Host header",
-            HostError::Disagrees => "the Host header disagrees with the request's authority",
-            HostError::Malformed => "malformed Host header",
-        }
-    }
-}
-
 /// The one host the request names: `:authority` on HTTP/2 or the absolute-form target on
 /// HTTP/1.1, which a `Host` header, when also present, must agree with (RFC 9113 §8.3.1,
 /// RFC 9112 §3.2.2); else the single `Host` header. This value, and nothing else the client
@@ -198,11 +186,6 @@ fn normalised(authority: &str) -> Option<(String, u16)> {
 /// name, and the proxy may sit behind a port mapping).
 pub fn host_name_allowed(allowed: &[String], authority: &str) -> bool {
     normalised(authority).is_some_and(|(host, _)| allowed.contains(&host))
-}
-
-/// Whether the request's host (see [`request_host`]) is one of `allowed`.
-pub fn host_allowed(allowed: &[String], uri: &http::Uri, headers: &HeaderMap) -> bool {
-    request_host(uri, headers).is_ok_and(|a| host_name_allowed(allowed, a))
 }
 
 /// Request headers a browser may send cross-origin to an MCP endpoint.
@@ -262,6 +245,11 @@ pub fn preflight_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the request's host (see [`request_host`]) is one of `allowed`.
+    fn host_allowed(allowed: &[String], uri: &http::Uri, headers: &HeaderMap) -> bool {
+        request_host(uri, headers).is_ok_and(|a| host_name_allowed(allowed, a))
+    }
 
     fn policy(allowed: &[&str]) -> OriginPolicy {
         OriginPolicy {

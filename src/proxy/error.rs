@@ -69,7 +69,7 @@ pub enum ProxyError {
     #[error("{0}")]
     Forbidden(&'static str),
     /// The host the request names cannot be trusted.
-    #[error("malformed request: {}", .0.describe())]
+    #[error("malformed request: {0}")]
     Host(#[from] HostError),
     /// Authentication failed or is missing (or the call needs more scopes).
     #[error(transparent)]
