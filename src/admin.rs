@@ -1,5 +1,5 @@
-//! Loopback admin endpoint: `/healthz`, `/readyz` (not ready while draining or when a serving
-//! certificate has expired), `/metrics` (Prometheus), `/certs` (the `certs status` document),
+//! Loopback admin endpoint: `/healthz`, `/readyz` (not ready while draining, when a serving
+//! certificate has expired, or when limits fail closed and their store is down), `/metrics` (Prometheus), `/certs` (the `certs status` document),
 //! `POST /reload` (same as SIGHUP) and `/upstream-jwks.json`. Plain HTTP, because it is bound
 //! to loopback by default and carries no secrets.
 
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{Body, full};
+use crate::limits::OnStoreFailure;
 use crate::monitor::Monitor;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
@@ -129,10 +130,29 @@ fn answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "a serving certificate has expired; see /certs\n".to_owned(),
         ),
-        (&Method::GET, "/readyz") => (
-            StatusCode::OK,
-            format!("ready; routes={}\n", proxy.gateway().config().routes.len()),
-        ),
+        (&Method::GET, "/readyz") => match proxy.limits_store() {
+            // Every rate-limited request is refused until the store answers.
+            Some(s) if !s.up && s.on_failure == OnStoreFailure::Closed => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate-limit store unreachable and limits.on_store_failure = \"closed\"\n"
+                    .to_owned(),
+            ),
+            store => (
+                StatusCode::OK,
+                format!(
+                    "ready; routes={}{}\n",
+                    proxy.gateway().config().routes.len(),
+                    match store {
+                        None => String::new(),
+                        Some(s) if s.up => "; limits store=redis up".to_owned(),
+                        Some(s) => format!(
+                            "; limits store=redis down (fallback {})",
+                            s.on_failure.as_str()
+                        ),
+                    }
+                ),
+            ),
+        },
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut resp = Response::new(full(body));

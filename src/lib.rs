@@ -39,6 +39,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod mcp;
 pub mod monitor;

@@ -75,6 +75,9 @@ pub struct AccessLog {
     error: Option<&'static str>,
     /// Runs when the record is written (the proxy completes its audit records here).
     on_end: Option<EndHook>,
+    /// Dropped with the record, when the answer ends: what the request holds until then
+    /// (its concurrency slots).
+    held: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// What a request's end hook learns.
@@ -113,7 +116,13 @@ impl AccessLog {
             outcome: None,
             error: None,
             on_end: None,
+            held: None,
         }
+    }
+
+    /// Keeps `guard` until the answer ends.
+    pub fn hold(&mut self, guard: Box<dyn std::any::Any + Send>) {
+        self.held = Some(guard);
     }
 
     /// Runs `hook` when the request ends, with its final status and duration.

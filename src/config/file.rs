@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod limits;
+
 pub use crate::auth::identity::RequireAuth;
 pub use crate::auth::mtls::ClientAuthMode;
+pub use limits::{LimitStoreKind, LimitsFile, RouteLimitsFile, ToolLimitFile};
 
 /// Top level of `mcp-edge.toml`.
 #[derive(Debug, Deserialize)]
@@ -35,6 +38,9 @@ pub struct ConfigFile {
     /// `[upstream]`: defaults for every route's upstream connections.
     #[serde(default)]
     pub upstream: UpstreamDefaultsFile,
+    /// `[limits]`: rate and concurrency limits per caller, and where they are kept.
+    #[serde(default)]
+    pub limits: LimitsFile,
     /// `[admin]`
     pub admin: Option<AdminFile>,
     /// `[log]`
@@ -304,6 +310,8 @@ pub struct RouteFile {
     pub policy: Option<PolicyFile>,
     /// Audience of the identity token the proxy signs for this route's backend.
     pub upstream_token_audience: Option<String>,
+    /// `[routes.limits]`: this route's limits over the `[limits]` defaults.
+    pub limits: Option<RouteLimitsFile>,
 }
 
 /// `[certs]`

@@ -28,6 +28,7 @@ pub use crate::auth::upstream_token::UpstreamTokenSettings;
 pub use crate::certs::alerts::CertsSettings;
 pub use crate::certs::alerts::WebhookSettings;
 pub use crate::http::server::HttpLimits;
+pub use crate::limits::LimitSettings;
 pub use crate::session::SessionSettings;
 pub use crate::tls::ServerTls;
 pub use crate::tls::SniCert;
@@ -100,6 +101,8 @@ pub struct Config {
     pub log: LogSettings,
     /// Token issuers and identity headers.
     pub auth: AuthSettings,
+    /// Where rate limits are kept (each route has its own limits).
+    pub limits: LimitSettings,
     /// Routes, in the order given.
     pub routes: Vec<Route>,
 }
@@ -193,6 +196,8 @@ pub struct Route {
     pub policy: std::sync::Arc<crate::policy::RoutePolicy>,
     /// Audience of the identity token signed for the backend (`None`: no token).
     pub upstream_token_audience: Option<String>,
+    /// Rate and concurrency limits per caller.
+    pub limits: crate::limits::RouteLimits,
 }
 
 impl Route {

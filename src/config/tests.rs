@@ -3,6 +3,8 @@
 
 use super::*;
 
+mod limits;
+
 use std::path::Path;
 use std::time::Duration;
 

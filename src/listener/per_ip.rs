@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Open-connection counts by client address. One short critical section per accept and one
@@ -86,15 +86,10 @@ impl Drop for PerIpPermit {
     }
 }
 
-/// The address a connection is counted under. IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a
-/// dual-stack socket reports for IPv4 peers) counts as the IPv4 address; other IPv6 addresses
-/// count by their /64, because one host is routinely given a whole /64 and could otherwise
-/// open every connection from a different address.
+/// The address a connection is counted under: the one anonymous callers are rate limited
+/// under too.
 fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-    }
+    crate::limits::client_address_key(ip)
 }
 
 #[cfg(test)]

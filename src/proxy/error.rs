@@ -13,6 +13,7 @@ use crate::auth::identity::{AuthError, AuthRefusal};
 use crate::auth::origin::HostError;
 use crate::http::media::MediaTypeError;
 use crate::http::{Body, full};
+use crate::limits::{LimitKind, LimitRefusal};
 use crate::mcp::{self, EnvelopeError, McpHeaderError};
 
 /// Who a failure is to blame on.
@@ -39,6 +40,9 @@ impl Source {
 
 /// JSON-RPC error code of a call the route policy refuses (server-defined range).
 pub const POLICY_DENIED: i64 = -32003;
+
+/// JSON-RPC error code of a call refused by a rate, concurrency or stream limit.
+pub const LIMITED: i64 = -32029;
 
 /// Something the proxy itself refuses or fails at, before or instead of the upstream's answer.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,15 @@ pub enum ProxyError {
     /// The upstream did not answer (connect or response head) in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// A limit of the caller's refuses the request; answered with the call's `id` and
+    /// `Retry-After`.
+    #[error("{refusal}")]
+    Limited {
+        /// The limited call's id.
+        id: Option<mcp::Id>,
+        /// Which limit, and when to try again.
+        refusal: LimitRefusal,
+    },
 }
 
 impl ProxyError {
@@ -112,6 +125,9 @@ impl ProxyError {
         match self {
             ProxyError::Auth(r) if r.error.is_server_side() => Source::Proxy,
             ProxyError::UpstreamToken => Source::Proxy,
+            ProxyError::Limited { refusal, .. } if refusal.kind == LimitKind::StoreUnavailable => {
+                Source::Proxy
+            }
             ProxyError::UpstreamUnavailable | ProxyError::UpstreamTimeout => Source::Upstream,
             _ => Source::Client,
         }
@@ -145,6 +161,10 @@ impl ProxyError {
             ProxyError::UpstreamToken => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Limited { refusal, .. } => match refusal.kind {
+                LimitKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::TOO_MANY_REQUESTS,
+            },
         }
     }
 
@@ -156,6 +176,7 @@ impl ProxyError {
             ProxyError::Envelope(e) => e.rpc_code(),
             ProxyError::McpHeader(e) => e.rpc_code(),
             ProxyError::Policy { .. } => POLICY_DENIED,
+            ProxyError::Limited { .. } => LIMITED,
             _ => -32000,
         }
     }
@@ -178,6 +199,13 @@ impl ProxyError {
             ProxyError::UpstreamToken => "upstream_token_failed",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::Limited { refusal, .. } => match refusal.kind {
+                LimitKind::Rate => "rate_limited",
+                LimitKind::ToolRate => "tool_rate_limited",
+                LimitKind::Concurrency => "concurrency_limited",
+                LimitKind::Streams => "stream_limited",
+                LimitKind::StoreUnavailable => "limit_store_unavailable",
+            },
         }
     }
 
@@ -189,6 +217,15 @@ impl ProxyError {
             ProxyError::Policy { id, reason } => {
                 mcp::json_rpc_error_for(id.as_ref(), POLICY_DENIED, reason, None)
             }
+            ProxyError::Limited { id, refusal } => mcp::json_rpc_error_for(
+                id.as_ref(),
+                LIMITED,
+                &refusal.to_string(),
+                Some(serde_json::json!({
+                    "limit": refusal.kind.as_str(),
+                    "retryAfterSeconds": refusal.retry_after_secs(),
+                })),
+            ),
             // The legacy wording, kept for clients that show it.
             ProxyError::Auth(r) => {
                 mcp::json_rpc_error_body(self.rpc_code(), r.error.message(), None)
@@ -210,6 +247,9 @@ impl ProxyError {
         match self {
             ProxyError::MethodNotAllowed { allow } => {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ProxyError::Limited { refusal, .. } => {
+                h.insert(header::RETRY_AFTER, refusal.retry_after_secs().into());
             }
             ProxyError::Auth(AuthRefusal {
                 challenge: Some(challenge),

@@ -34,6 +34,7 @@ mod forward;
 mod gateway;
 mod inspect;
 pub mod legacy;
+mod limit;
 mod respond;
 mod streamable;
 mod transport;
@@ -48,6 +49,7 @@ use hyper::body::Incoming;
 use crate::audit::AuditLog;
 use crate::http::Body;
 use crate::http::headers::X_REQUEST_ID;
+use crate::limits::{Limits, StoreStatus};
 use crate::shutdown::Shutdown;
 use crate::sse::RelayBody;
 use crate::telemetry::Outcome;
@@ -63,6 +65,9 @@ pub use gateway::{Gateway, RouteSetupError};
 /// The proxy service shared by all connections.
 pub struct Proxy {
     gateway: ArcSwap<Gateway>,
+    /// Swapped with the gateway; kept apart because bucket and slot state outlives a
+    /// snapshot (see [`Limits::rebuild`]).
+    limits: ArcSwap<Limits>,
     audit: Option<Arc<AuditLog>>,
     legacy: Arc<LegacySessions>,
     shutdown: Shutdown,
@@ -71,7 +76,12 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy serving `gateway` until `shutdown`, recording MCP calls in `audit` if given.
     pub fn new(gateway: Gateway, shutdown: Shutdown, audit: Option<Arc<AuditLog>>) -> Self {
+        let limits = build_limits(&gateway, None).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "limits could not be set up; requests are not limited");
+            Limits::default()
+        });
         Proxy {
+            limits: ArcSwap::from_pointee(limits),
             gateway: ArcSwap::from_pointee(gateway),
             audit,
             legacy: Arc::new(LegacySessions::default()),
@@ -81,7 +91,19 @@ impl Proxy {
 
     /// Replaces the snapshot; requests already running keep the one they started with.
     pub fn swap(&self, gateway: Gateway) {
+        match build_limits(&gateway, Some(&self.limits.load())) {
+            Ok(limits) => self.limits.store(Arc::new(limits)),
+            // Validation makes this unreachable in practice; the old limits stay in force.
+            Err(e) => {
+                tracing::error!(error = %e, "new limits could not be set up; keeping the old ones")
+            }
+        }
         self.gateway.store(Arc::new(gateway));
+    }
+
+    /// The shared rate-limit store's state, when `limits.store = "redis"`.
+    pub fn limits_store(&self) -> Option<StoreStatus> {
+        self.limits.load().store_status()
     }
 
     /// The current snapshot.
@@ -144,6 +166,16 @@ impl Proxy {
             inspected.digest,
             self.audit.as_deref(),
         )?;
+        let limits = self.limits.load();
+        let permits = limit::limit(
+            &limits,
+            route,
+            ctx,
+            inspected.envelope.as_ref(),
+            self.audit.as_deref(),
+        )
+        .await?;
+        ctx.log.hold(Box::new(permits));
         let resp = forward::forward(gw, route, ctx, parts, &target, inspected.body).await?;
         respond::respond(self, gw, route, ctx, target, authorized, resp).await
     }
@@ -212,6 +244,20 @@ impl Proxy {
         }
         resp
     }
+}
+
+/// The limits of `gw`'s routes, keeping the state of `previous`.
+fn build_limits(
+    gw: &Gateway,
+    previous: Option<&Limits>,
+) -> Result<Limits, crate::limits::LimitsError> {
+    let config = gw.config();
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| (Arc::from(r.path.as_str()), r.limits.clone()))
+        .collect();
+    Limits::rebuild(&config.limits, routes, previous)
 }
 
 /// Most of a refused request's body read (and discarded) before answering.

@@ -15,6 +15,7 @@ pub mod jwks_server;
 pub mod process;
 pub mod raw;
 pub mod recording;
+pub mod redis;
 pub mod tls;
 
 use std::net::SocketAddr;

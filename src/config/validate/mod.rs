@@ -5,6 +5,7 @@
 
 mod auth;
 mod certs;
+mod limits;
 mod listener;
 mod policy;
 mod routes;
@@ -36,7 +37,17 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     routes::upstream_defaults(&file.upstream)?;
     let sessions = server::sessions(&file.sessions, &resolve)?;
     let auth = auth::auth(file.auth, &listener.public_url, &resolve)?;
-    let routes = routes::routes(file.routes, &file.upstream, &listener, &auth, &resolve)?;
+    let limits = limits::limits(&file.limits)?;
+    let route_limits = file
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| limits::route(i, r.limits.as_ref(), &file.limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut routes = routes::routes(file.routes, &file.upstream, &listener, &auth, &resolve)?;
+    for (route, l) in routes.iter_mut().zip(route_limits) {
+        route.limits = l;
+    }
     let log = server::log(file.log)?;
     Ok(Config {
         source: None,
@@ -51,6 +62,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         },
         admin,
         auth,
+        limits,
         log,
         routes,
     })

@@ -308,6 +308,8 @@ fn route(
 
     Ok(Route {
         upstream_token_audience: r.upstream_token_audience,
+        // Resolved over the `[limits]` defaults by `validate`.
+        limits: Default::default(),
         certificate_bound_tokens: r.auth.certificate_bound_tokens,
         policy: std::sync::Arc::new(policy),
         path: r.path,
