@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! The request path is described once, in [`proxy`]: named phases (`admit` → `authenticate`
-//! → `pick_endpoint` → `inspect` → `authorize` → `forward` → `respond` → `log`) over one
+//! → `pick_endpoint` → `inspect` → `authorize` → `limits` → `forward` → `respond` → `log`) over one
 //! request context. Start reading there; `docs/architecture.md` maps every behaviour to its
 //! file.
 //!
@@ -16,6 +16,7 @@
 //!   certificates, bearer tokens (JWT, JWKS, introspection), upstream identity tokens.
 //! - [`mcp`]: JSON-RPC envelope reader, MCP header rules, answer filter.
 //! - [`policy`]: which methods, tools and resources a principal may use.
+//! - [`limits`]: rates, requests in flight and open streams per caller; local or in Redis.
 //! - [`upstream`]: upstream client pool, round-robin, session affinity tags.
 //! - [`sse`]: streamed relay body (heartbeats, idle limit, drain, event transforms) and SSE
 //!   framing.

@@ -3,13 +3,13 @@
 //! the documentation links here.
 //!
 //! ```text
-//!            ┌──────────────────────────── RequestCtx ───────────────────────────────┐
-//!            │ access log · CORS origin · validated host · Identity · audit records  │
-//!            └───────────────────────────────────────────────────────────────────────┘
-//! request ─▶ admit ─▶ authenticate ─▶ pick_endpoint ─▶ inspect ─▶ authorize ─▶ forward ─▶ respond ─▶ log
-//!              │            │               │              │           │           │          │        │
-//!           route       Identity         Target       Inspected   Authorized   upstream    Reply   access +
-//!                                                                               answer              audit lines
+//!            ┌──────────────────────────── RequestCtx ──────────────────────────────────────────┐
+//!            │ access log · CORS origin · validated host · Identity · audit records · permits   │
+//!            └──────────────────────────────────────────────────────────────────────────────────┘
+//! request ─▶ admit ─▶ authenticate ─▶ pick_endpoint ─▶ inspect ─▶ authorize ─▶ limits ─▶ forward ─▶ respond ─▶ log
+//!              │            │               │              │           │          │          │          │        │
+//!           route       Identity         Target       Inspected   Authorized   Permits   upstream    Reply   access +
+//!                                                                                          answer              audit lines
 //! ```
 //!
 //! | phase | file | what it does | refuses with |
@@ -19,6 +19,7 @@
 //! | `pick_endpoint` | [`transport`], [`streamable`], [`legacy`] | the endpoint of the sealed, principal-bound, unexpired session the request names, else round-robin | 400, 404 |
 //! | `inspect` | [`inspect`] | no body on GET/DELETE; POST media type (UTF-8 JSON, unencoded); POST bodies read whole (capped, timed) and parsed as JSON-RPC; `MCP-Protocol-Version`; `Mcp-Method`/`Mcp-Name` against the body | 400, 408, 413, 415 |
 //! | `authorize` | [`authorize`] | route policy per message (methods, scopes, tools, resources); audit records | 403 |
+//! | `limits` | [`limit`] ([`crate::limits`]) | the caller's request rate, per-tool rates (tool read from the body), requests in flight, open GET streams; local or shared through Redis; slots held until the answer ends | 429, 503 |
 //! | `forward` | [`forward`] | upstream headers (forwarding, identity, no client credentials), the signed upstream token, send | 500, 502, 504 |
 //! | `respond` | [`respond`] | session id sealed; list answers filtered; event streams set up (heartbeats, idle limit, stop signal, legacy rewrite, answer filter) | 502 |
 //! | `log` | [`Proxy::handle`] | the access-log line and the audit lines, when the answer has ended | — |
