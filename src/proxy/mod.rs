@@ -20,7 +20,7 @@
 //! | `inspect` | [`inspect`] | no body on GET/DELETE; POST media type (UTF-8 JSON, unencoded); POST bodies read whole (capped, timed) and parsed as JSON-RPC; `MCP-Protocol-Version`; `Mcp-Method`/`Mcp-Name` against the body | 400, 408, 413, 415 |
 //! | `authorize` | [`authorize`] | route policy per message (methods, scopes, tools, resources); audit records | 403 |
 //! | `forward` | [`forward`] | upstream headers (forwarding, identity, no client credentials), the signed upstream token, send | 500, 502, 504 |
-//! | `respond` | [`respond`] | session id sealed; list answers filtered; event streams set up (heartbeats, idle limit, stop signal, legacy rewrite, answer filter) | 502 |
+//! | `respond` | [`respond`] | session id sealed; list answers filtered; other JSON answers to POSTs read whole; event streams set up (heartbeats, idle limit, stop signal, lifetime, legacy rewrite, answer filter, answers for calls a dying stream leaves unanswered) | 502, 504 |
 //! | `log` | [`Proxy::handle`] | the access-log line and the audit lines, when the answer has ended | — |
 //!
 //! Every refusal is a [`ProxyError`]: phases return their own error types and `?` turns them
@@ -144,8 +144,18 @@ impl Proxy {
             inspected.digest,
             self.audit.as_deref(),
         )?;
+        let calls = respond::Calls::of(inspected.envelope.as_ref());
+        // Registered before forwarding, so the answer cannot reach the stream first.
+        let registration = legacy::register_calls(&self.legacy, route, &parts, &calls.ids);
         let resp = forward::forward(gw, route, ctx, parts, &target, inspected.body).await?;
-        respond::respond(self, gw, route, ctx, target, authorized, resp).await
+        if let Some(r) = registration
+            && resp.status().is_success()
+        {
+            // Accepted: its answers will come on the session's stream (otherwise dropping
+            // the registration takes the ids back).
+            r.keep();
+        }
+        respond::respond(self, gw, route, ctx, target, authorized, calls, resp).await
     }
 
     /// Phase `authenticate`: who the caller is, as the route demands.
@@ -191,9 +201,25 @@ impl Proxy {
         let request_id = ctx.log.request_id_header().clone();
         let mut log = ctx.log;
         let mut resp = match reply {
-            Ok(Reply::Relayed(resp, idle, sse)) => {
+            Ok(Reply::Relayed(relay)) => {
+                let respond::Relay {
+                    resp,
+                    idle,
+                    sse,
+                    prefix,
+                    on_end,
+                } = *relay;
                 log.set_status(resp.status());
-                resp.map(|body| RelayBody::new(body, idle, sse.map(|s| *s), log).boxed_unsync())
+                let stalled = ctx.conn.write_stalled.clone();
+                resp.map(|body| {
+                    let mut relay = RelayBody::new(body, idle, sse, log)
+                        .on_end(on_end)
+                        .write_stall_flag(stalled);
+                    if let Some(prefix) = prefix {
+                        relay = relay.with_prefix(prefix);
+                    }
+                    relay.boxed_unsync()
+                })
             }
             Ok(Reply::Local(resp)) => {
                 log.set_status(resp.status());
