@@ -92,7 +92,10 @@ async fn lifetime_closes_get_streams_with_retry_and_the_client_resumes() {
         .await
         .expect("answer in time")
         .unwrap();
-    assert!(text.contains("\"id\":11,\"result\""), "{text}");
+    assert!(
+        text.contains("\"id\":11") && text.contains("\"result\""),
+        "{text}"
+    );
     assert!(!text.contains("retry:") && !text.contains("error"), "{text}");
 }
 
@@ -151,7 +154,7 @@ async fn handshakes_beyond_the_cap_wait_for_a_slot() {
     let text = support::listener_toml(&pki).replace(
         "[listener.tls]",
         "max_handshakes_in_flight = 2\nhandshake_timeout = \"2s\"\n[listener.tls]",
-    );
+    ) + &route("/mcp", "http://127.0.0.1:9/mcp");
     let proxy = support::start_proxy_text(pki, &text).await;
     // Three connections that never send a ClientHello: two hold the slots, one waits.
     let mut silent = Vec::new();
