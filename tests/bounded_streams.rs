@@ -96,7 +96,10 @@ async fn lifetime_closes_get_streams_with_retry_and_the_client_resumes() {
         text.contains("\"id\":11") && text.contains("\"result\""),
         "{text}"
     );
-    assert!(!text.contains("retry:") && !text.contains("error"), "{text}");
+    assert!(
+        !text.contains("retry:") && !text.contains("error"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -169,7 +172,10 @@ async fn handshakes_beyond_the_cap_wait_for_a_slot() {
         tls::connect(proxy.addr, cfg.clone()),
     )
     .await;
-    assert!(early.is_err(), "a handshake beyond the cap waits for a slot");
+    assert!(
+        early.is_err(),
+        "a handshake beyond the cap waits for a slot"
+    );
     // The silent ones time out and give their slots back: a normal client is served.
     let resp = tokio::time::timeout(PROMPTLY, proxy.client(true).get(proxy.url("/nope")).send())
         .await

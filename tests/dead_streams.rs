@@ -99,7 +99,11 @@ async fn clean_end(_: RawRequest, mut conn: Conn) -> Option<Conn> {
 }
 
 async fn proxy_for(addr: std::net::SocketAddr, extra: &str) -> TestProxy {
-    start_proxy(&format!("{extra}{}", route("/mcp", &format!("http://{addr}/mcp")))).await
+    start_proxy(&format!(
+        "{extra}{}",
+        route("/mcp", &format!("http://{addr}/mcp"))
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -109,7 +113,11 @@ async fn a_stream_dropped_mid_answer_gets_one_error_for_the_call() {
     for h1 in [true, false] {
         let (status, messages, text) = post(&proxy, h1, &call(json!(5))).await;
         assert_eq!(status, 200);
-        assert_eq!(messages.len(), 2, "the notification, then one error: {text}");
+        assert_eq!(
+            messages.len(),
+            2,
+            "the notification, then one error: {text}"
+        );
         assert_eq!(messages[0]["method"], "notifications/progress");
         assert_injected(&messages[1], &json!(5), "upstream stream failed");
         assert_eq!(messages[1]["error"]["data"]["reason"], "upstream_error");
@@ -124,7 +132,11 @@ async fn a_stream_dropped_mid_answer_gets_one_error_for_the_call() {
 async fn a_batch_gets_an_error_only_for_the_unanswered_id() {
     // The backend answers id 1 (writing it as 1.0, as some re-serialize) and dies.
     let backend = sse_backend(
-        |_| vec![event(&json!({"jsonrpc": "2.0", "id": 1.0, "result": {"content": []}}))],
+        |_| {
+            vec![event(
+                &json!({"jsonrpc": "2.0", "id": 1.0, "result": {"content": []}}),
+            )]
+        },
         drop_connection,
     )
     .await;

@@ -176,10 +176,7 @@ pub struct SseFile {
     #[serde(default, with = "humantime_serde")]
     pub max_stream_lifetime: Option<Duration>,
     /// Longest time a write to a client may stay blocked before its connection is closed.
-    #[serde(
-        default = "defaults::client_write_timeout",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "defaults::client_write_timeout", with = "humantime_serde")]
     pub client_write_timeout: Duration,
 }
 

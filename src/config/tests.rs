@@ -1528,7 +1528,10 @@ fn issuers_have_their_own_organisation_claim_and_allowlist() {
 #[test]
 fn sse_stream_bounds_have_defaults_and_must_be_positive() {
     let cfg = ok(&with_tables(""));
-    assert_eq!(cfg.sse.max_stream_lifetime, None, "no lifetime unless asked");
+    assert_eq!(
+        cfg.sse.max_stream_lifetime, None,
+        "no lifetime unless asked"
+    );
     assert_eq!(cfg.sse.client_write_timeout, Duration::from_secs(30));
     assert_eq!(cfg.listener.max_handshakes_in_flight, 256);
     let cfg = ok(&with_tables(

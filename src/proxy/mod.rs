@@ -144,9 +144,9 @@ impl Proxy {
             inspected.digest,
             self.audit.as_deref(),
         )?;
-        let calls = respond::Calls::of(inspected.envelope.as_ref());
         // Registered before forwarding, so the answer cannot reach the stream first.
-        let registration = legacy::register_calls(&self.legacy, route, &parts, &calls.ids);
+        let registration =
+            legacy::register_calls(&self.legacy, route, &parts, &authorized.calls.ids);
         let resp = forward::forward(gw, route, ctx, parts, &target, inspected.body).await?;
         if let Some(r) = registration
             && resp.status().is_success()
@@ -155,7 +155,7 @@ impl Proxy {
             // the registration takes the ids back).
             r.keep();
         }
-        respond::respond(self, gw, route, ctx, target, authorized, calls, resp).await
+        respond::respond(self, gw, route, ctx, target, authorized, resp).await
     }
 
     /// Phase `authenticate`: who the caller is, as the route demands.

@@ -117,10 +117,10 @@ pub(crate) async fn respond(
     ctx: &mut RequestCtx<'_>,
     target: Target,
     authorized: Authorized,
-    calls: Calls,
     mut resp: Response<Incoming>,
 ) -> Result<Reply, ProxyError> {
     let on_end = end_hook(route, &target);
+    let calls = authorized.calls;
     let transport = route.config.transport;
     let binding = ctx.identity.session_binding();
     let h = resp.headers_mut();

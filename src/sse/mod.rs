@@ -320,7 +320,9 @@ impl RelayBody {
             stop: Box::pin(o.stop),
             transforms: o.transforms,
             tail: Tail::EventBoundary,
-            lifetime: o.lifetime.map(|d| Box::pin(tokio::time::sleep(jittered(d)))),
+            lifetime: o
+                .lifetime
+                .map(|d| Box::pin(tokio::time::sleep(jittered(d)))),
             lifetime_due: false,
             last_id: o.lifetime.map(|_| frame::LastEventId::default()),
         });
