@@ -167,6 +167,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http: config.http.clone(),
         handshake_timeout: config.listener.handshake_timeout,
         connections: Arc::new(Semaphore::new(config.listener.max_connections)),
+        handshakes: Arc::new(Semaphore::new(config.listener.max_handshakes_in_flight)),
         per_ip: Arc::new(crate::listener::PerIpLimit::new(
             config.listener.max_connections_per_ip,
         )),

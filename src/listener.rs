@@ -1,6 +1,14 @@
-//! Accepts TCP connections, caps how many are open in total and per client address,
-//! completes the TLS handshake within its deadline, and hands each connection to the HTTP
-//! server (which applies the first-request and idle deadlines).
+//! Accepts TCP connections, caps how many are open in total and per client address, caps
+//! the TLS handshakes in progress, completes each handshake within its deadline, and hands
+//! each connection to the HTTP server (which applies the first-request and idle deadlines)
+//! behind a deadline on blocked writes (`sse.client_write_timeout`).
+//!
+//! Handshakes beyond `listener.max_handshakes_in_flight` wait for a slot, for at most
+//! `listener.handshake_timeout`, and are then closed; a connection that gets a slot has the
+//! whole handshake deadline for its handshake. Waiting costs a task and a socket, not a TLS
+//! state or any crypto, so a flood of connections that never finish their handshake bounds
+//! the proxy's CPU and memory instead of exhausting them; the connection caps bound the
+//! sockets.
 
 mod per_ip;
 
@@ -17,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::mtls::ClientIdentity;
 use crate::http::server::HttpLimits;
-use crate::http::server::{self, Closed};
+use crate::http::server::{self, Closed, WriteDeadline};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::shutdown::Shutdown;
 
@@ -40,6 +48,10 @@ pub struct PublicListener {
     pub connections: Arc<Semaphore>,
     /// Bounds open connections per client address, so one host cannot take every permit.
     pub per_ip: Arc<PerIpLimit>,
+    /// Bounds TLS handshakes in progress: each holds a permit until its handshake ends.
+    /// Beyond the cap connections wait (see the module docs), so a handshake flood cannot
+    /// take every core and the memory of thousands of TLS states.
+    pub handshakes: Arc<Semaphore>,
 }
 
 impl PublicListener {
@@ -77,12 +89,22 @@ impl PublicListener {
             let server = server.clone();
             let shutdown = shutdown.clone();
             let handshake_timeout = self.handshake_timeout;
+            let handshakes = self.handshakes.clone();
+            // Read per connection, so a reload applies to new connections.
+            let write_timeout = proxy.gateway().config.sse.client_write_timeout;
             tasks.spawn(async move {
                 // Both permits live exactly as long as this task, so every way out (handshake
                 // failure, timeouts, close, panic) gives them back.
                 let _permits = (permit, ip_permit);
-                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
-                {
+                let Ok(Ok(slot)) =
+                    tokio::time::timeout(handshake_timeout, handshakes.acquire_owned()).await
+                else {
+                    tracing::debug!(%peer, "no TLS handshake slot in time; closing");
+                    return;
+                };
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+                drop(slot);
+                let tls = match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -101,16 +123,25 @@ impl PublicListener {
                     .and_then(|chain| chain.first())
                     .and_then(|der| ClientIdentity::from_der(der.as_ref()))
                     .map(Arc::new);
-                let conn = Arc::new(ConnInfo { peer, client_cert });
+                let write_stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let conn = Arc::new(ConnInfo {
+                    peer,
+                    client_cert,
+                    write_stalled: write_stalled.clone(),
+                });
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let proxy = proxy.clone();
                     let conn = conn.clone();
                     async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &conn).await) }
                 });
-                match server.serve(tls, service, &shutdown, accepted).await {
+                let io = WriteDeadline::new(tls, write_timeout, write_stalled.clone());
+                match server.serve(io, service, &shutdown, accepted).await {
                     Ok(Closed::Client | Closed::Drained) => {}
                     Ok(reason) => {
                         tracing::debug!(%peer, reason = reason.as_str(), "connection closed")
+                    }
+                    Err(_) if write_stalled.load(std::sync::atomic::Ordering::Relaxed) => {
+                        tracing::info!(%peer, "client stopped reading; connection closed (sse.client_write_timeout)")
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "connection ended with error"),
                 }

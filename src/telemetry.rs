@@ -41,6 +41,10 @@ pub enum Outcome {
     IdleTimeout,
     /// Stream ended by shutdown.
     Drained,
+    /// Stream closed at `sse.max_stream_lifetime` (with `retry:`, so the client reconnects).
+    Lifetime,
+    /// The client stopped reading; its connection was closed after `sse.client_write_timeout`.
+    ClientWriteTimeout,
     /// The proxy answered itself (see `error`).
     Refused,
 }
@@ -53,6 +57,8 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::IdleTimeout => "idle_timeout",
             Outcome::Drained => "drained",
+            Outcome::Lifetime => "lifetime",
+            Outcome::ClientWriteTimeout => "client_write_timeout",
             Outcome::Refused => "refused",
         }
     }

@@ -484,8 +484,12 @@ async fn subscriptions_outside_the_namespace_are_refused_and_updates_dropped() {
         .await;
     assert_eq!(status, 200, "{body}");
     let payloads = sse_payloads(&body);
-    assert_eq!(payloads.len(), 1, "{body}");
+    assert_eq!(payloads.len(), 2, "{body}");
     assert_eq!(payloads[0]["params"]["uri"], "memory://partner-a/notes");
+    // The backend closed the listen stream without answering the listen (and without `retry:`
+    // to resume): the proxy answers it.
+    assert_eq!(payloads[1]["id"], 5, "{body}");
+    assert_eq!(payloads[1]["error"]["data"]["reason"], "upstream_ended");
     assert!(!body.contains("partner-b"), "{body}");
 }
 

@@ -85,8 +85,10 @@ upstream = "http://{}/mcp"
         .await
         .expect("POST finishes within the drain window")
         .expect("POST body intact");
+    // The backend's events are not JSON-RPC answers, so after its clean end the proxy adds the
+    // error for the unanswered id 1; what matters here is that the stream ran to its end.
     assert!(
-        text.ends_with("data: done\n\n"),
+        text.contains("data: done\n\n") && text.ends_with("\"reason\":\"upstream_ended\"},\"message\":\"upstream stream ended before answering\"},\"id\":1,\"jsonrpc\":\"2.0\"}\n\n"),
         "call was cut short: {text:?}"
     );
     // The GET stream was ended for the client to resume elsewhere.

@@ -73,6 +73,9 @@ pub struct ListenerFile {
     /// TLS handshake deadline.
     #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// TLS handshakes run at once; further connections wait for a slot.
+    #[serde(default = "defaults::max_handshakes_in_flight")]
+    pub max_handshakes_in_flight: usize,
     /// `[listener.tls]`
     pub tls: TlsFile,
 }
@@ -175,6 +178,12 @@ pub struct SseFile {
     /// Upstream silence that ends a stream.
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest life of a GET or `subscriptions/listen` stream; unset: no limit.
+    #[serde(default, with = "humantime_serde")]
+    pub max_stream_lifetime: Option<Duration>,
+    /// Longest time a write to a client may stay blocked before its connection is closed.
+    #[serde(default = "defaults::client_write_timeout", with = "humantime_serde")]
+    pub client_write_timeout: Duration,
 }
 
 impl Default for SseFile {
@@ -182,6 +191,8 @@ impl Default for SseFile {
         SseFile {
             heartbeat_interval: defaults::heartbeat_interval(),
             idle_timeout: defaults::idle_timeout(),
+            max_stream_lifetime: None,
+            client_write_timeout: defaults::client_write_timeout(),
         }
     }
 }
@@ -702,6 +713,14 @@ mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(30 * 60)
+    }
+    pub fn client_write_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_handshakes_in_flight() -> usize {
+        // A handshake costs one signature and a few tens of KiB; 256 at once keeps a 2-core
+        // host responsive while still far above what legitimate reconnect bursts need.
+        256
     }
     pub fn drain_timeout() -> Duration {
         Duration::from_secs(30)

@@ -133,6 +133,8 @@ pub struct Listener {
     pub max_connections_per_ip: usize,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
+    /// TLS handshakes in progress at once; connections beyond wait for a slot.
+    pub max_handshakes_in_flight: usize,
     /// Server certificates.
     pub tls: ServerTls,
 }
@@ -144,6 +146,10 @@ pub struct SseSettings {
     pub heartbeat_interval: Duration,
     /// A stream whose upstream sent nothing for this long is ended.
     pub idle_timeout: Duration,
+    /// GET and `subscriptions/listen` streams are closed (with `retry:`) after this long.
+    pub max_stream_lifetime: Option<Duration>,
+    /// A connection whose writes stay blocked this long (the client stopped reading) is closed.
+    pub client_write_timeout: Duration,
 }
 
 /// Graceful shutdown settings.

@@ -1526,3 +1526,48 @@ fn issuers_have_their_own_organisation_claim_and_allowlist() {
         &["organisation"],
     );
 }
+
+#[test]
+fn sse_stream_bounds_have_defaults_and_must_be_positive() {
+    let cfg = ok(&with_tables(""));
+    assert_eq!(
+        cfg.sse.max_stream_lifetime, None,
+        "no lifetime unless asked"
+    );
+    assert_eq!(cfg.sse.client_write_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.listener.max_handshakes_in_flight, 256);
+    let cfg = ok(&with_tables(
+        "[sse]\nmax_stream_lifetime = \"1h\"\nclient_write_timeout = \"5s\"\n",
+    ));
+    assert_eq!(cfg.sse.max_stream_lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(cfg.sse.client_write_timeout, Duration::from_secs(5));
+    let msg = invalid(
+        &with_tables("[sse]\nmax_stream_lifetime = \"0s\"\n"),
+        "sse.max_stream_lifetime",
+        &["longer than 0s"],
+    );
+    assert!(msg.contains("remove the key"), "{msg}");
+    invalid(
+        &with_tables("[sse]\nclient_write_timeout = \"0s\"\n"),
+        "sse.client_write_timeout",
+        &["longer than zero"],
+    );
+    parse_error(
+        &with_tables("[sse]\nmax_stream_lifetime = \"soon\"\n"),
+        &["max_stream_lifetime"],
+    );
+}
+
+#[test]
+fn handshake_cap_must_be_within_range() {
+    let cfg = ok(&with_listener("max_handshakes_in_flight = 8\n"));
+    assert_eq!(cfg.listener.max_handshakes_in_flight, 8);
+    for bad in ["0", "100000"] {
+        let msg = invalid(
+            &with_listener(&format!("max_handshakes_in_flight = {bad}\n")),
+            "listener.max_handshakes_in_flight",
+            &["outside 1..=65536"],
+        );
+        assert!(msg.contains("wait for a slot"), "{msg}");
+    }
+}

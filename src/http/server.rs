@@ -3,6 +3,7 @@
 //! them down gracefully when draining starts.
 
 mod activity;
+mod write_deadline;
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 use crate::shutdown::Shutdown;
 
 use activity::{Activity, Tracked};
+pub use write_deadline::WriteDeadline;
 
 /// Connection server: the HTTP/1.1 + HTTP/2 builder plus the per-connection deadlines.
 pub struct Server {

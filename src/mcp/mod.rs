@@ -6,6 +6,8 @@
 //!   `Mcp-Param-*` headers, checked against the body.
 //! - [`filter`]: rewrites list answers (JSON or SSE) so a principal sees only the tools and
 //!   resources it may use, and drops resource updates outside its namespaces.
+//! - [`pending`]: the calls in flight on an event stream, answered with JSON-RPC errors when
+//!   the stream dies before the upstream answers them.
 //!
 //! None of this is wired into the request path by itself; the proxy calls it.
 //!
@@ -27,6 +29,7 @@ pub mod envelope;
 pub mod filter;
 pub mod headers;
 pub mod jsonrpc;
+pub mod pending;
 
 pub use envelope::{Envelope, EnvelopeError, Id, Message, MessageKind, parse, read_capped};
 pub use filter::{FilterError, SseAnswerFilter, Visibility, filter_json};

@@ -134,6 +134,7 @@ upstream = "http://127.0.0.1:9/sse"
         ConnInfo {
             peer: "127.0.0.1:1".parse().unwrap(),
             client_cert: None,
+            write_stalled: Default::default(),
         }
     }
 

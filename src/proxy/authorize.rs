@@ -19,6 +19,8 @@ pub(crate) struct Authorized {
     pub(crate) filter: Option<Arc<Grants>>,
     /// Whether the POST asks for a list (its JSON answer is then buffered to filter).
     pub(crate) lists_requested: bool,
+    /// The calls forwarded, owed an answer if their stream dies.
+    pub(crate) calls: super::respond::Calls,
 }
 
 /// Decides every message of `envelope` (none for GET and DELETE).
@@ -63,6 +65,7 @@ pub(crate) fn authorize(
     Ok(Authorized {
         filter: grants.filter(Grants::is_restricted).map(Arc::new),
         lists_requested,
+        calls: super::respond::Calls::of(envelope),
     })
 }
 

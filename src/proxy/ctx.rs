@@ -22,6 +22,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Identity from the client certificate, when one was presented and verified.
     pub client_cert: Option<Arc<ClientIdentity>>,
+    /// Set when the connection is closed because the client stopped reading
+    /// (`sse.client_write_timeout`), so the bodies it drops know why they ended.
+    pub write_stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// State of one request on its way through the phases.

@@ -19,6 +19,8 @@ use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
 use super::transport::{Target, with_query};
 use crate::http::BoxError;
+use crate::mcp::Id;
+use crate::mcp::pending::{Registration, SharedCalls};
 use crate::session::{LegacyClaims, PrincipalHash};
 use crate::sse::EventTransform;
 use crate::sse::frame::{event_end, event_end_at_eof, lines, split_field};
@@ -103,6 +105,26 @@ pub(crate) fn rewriter(
     )
 }
 
+/// Registers the request ids of a POST to a legacy session whose stream is open on this
+/// instance, so that stream answers them if it dies first. `None` when there is nothing to
+/// pair: not a legacy POST, no request ids, or the stream is elsewhere (another instance).
+pub(crate) fn register_calls(
+    sessions: &LegacySessions,
+    route: &RouteState,
+    parts: &http::request::Parts,
+    ids: &[Id],
+) -> Option<Registration> {
+    if route.config.transport != crate::config::Transport::Sse
+        || parts.method != http::Method::POST
+        || ids.is_empty()
+    {
+        return None;
+    }
+    let token = query_param(parts.uri.query()?, "sessionId")?;
+    let target = sessions.get(token)?;
+    (*target.route == *route.path).then(|| target.calls.register(ids.to_vec()))
+}
+
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
@@ -122,6 +144,8 @@ pub struct LegacyTarget {
     pub endpoint: usize,
     /// Absolute upstream URI for the POSTs.
     pub uri: Uri,
+    /// The session's POSTs waiting for their answer on the stream.
+    pub calls: Arc<SharedCalls>,
 }
 
 /// Live legacy sessions on this proxy instance, keyed by proxy token.
@@ -177,6 +201,7 @@ pub struct EndpointRewriter {
     upstream: Uri,
     token: String,
     pending: BytesMut,
+    calls: Arc<SharedCalls>,
 }
 
 impl EndpointRewriter {
@@ -197,7 +222,14 @@ impl EndpointRewriter {
             upstream,
             token: String::new(),
             pending: BytesMut::new(),
+            calls: Arc::default(),
         }
+    }
+
+    /// POSTs of this stream's session register their pending calls in `calls`.
+    pub fn with_calls(mut self, calls: Arc<SharedCalls>) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// Takes upstream bytes, returns the complete events among them (rewritten as needed).
@@ -263,6 +295,7 @@ impl EndpointRewriter {
                 route: self.route.clone(),
                 endpoint: self.endpoint,
                 uri: target,
+                calls: self.calls.clone(),
             },
         );
         drop(live);
@@ -314,8 +347,8 @@ impl EndpointRewriter {
 }
 
 impl EventTransform for EndpointRewriter {
-    fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, BoxError> {
-        EndpointRewriter::feed(self, chunk).map_err(Into::into)
+    fn feed(&mut self, chunk: Bytes) -> Result<Bytes, BoxError> {
+        EndpointRewriter::feed(self, &chunk).map_err(Into::into)
     }
     fn finish(&mut self) -> Result<Bytes, BoxError> {
         Ok(EndpointRewriter::finish(self))

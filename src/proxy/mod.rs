@@ -21,7 +21,7 @@
 //! | `authorize` | [`authorize`] | route policy per message (methods, scopes, tools, resources); audit records | 403 |
 //! | `limits` | [`limit`] ([`crate::limits`]) | the caller's request rate, per-tool rates (tool read from the body), requests in flight, open GET streams; local or shared through Redis; slots held until the answer ends | 429, 503 |
 //! | `forward` | [`forward`] | upstream headers (forwarding, identity, no client credentials), the signed upstream token, send | 500, 502, 504 |
-//! | `respond` | [`respond`] | session id sealed; list answers filtered; event streams set up (heartbeats, idle limit, stop signal, legacy rewrite, answer filter) | 502 |
+//! | `respond` | [`respond`] | session id sealed; list answers filtered; other JSON answers to POSTs read whole; event streams set up (heartbeats, idle limit, stop signal, lifetime, legacy rewrite, answer filter, answers for calls a dying stream leaves unanswered) | 502, 504 |
 //! | `log` | [`Proxy::handle`] | the access-log line and the audit lines, when the answer has ended | — |
 //!
 //! Every refusal is a [`ProxyError`]: phases return their own error types and `?` turns them
@@ -177,7 +177,17 @@ impl Proxy {
         )
         .await?;
         ctx.log.hold(Box::new(permits));
+        // Registered before forwarding, so the answer cannot reach the stream first.
+        let registration =
+            legacy::register_calls(&self.legacy, route, &parts, &authorized.calls.ids);
         let resp = forward::forward(gw, route, ctx, parts, &target, inspected.body).await?;
+        if let Some(r) = registration
+            && resp.status().is_success()
+        {
+            // Accepted: its answers will come on the session's stream (otherwise dropping
+            // the registration takes the ids back).
+            r.keep();
+        }
         respond::respond(self, gw, route, ctx, target, authorized, resp).await
     }
 
@@ -224,9 +234,25 @@ impl Proxy {
         let request_id = ctx.log.request_id_header().clone();
         let mut log = ctx.log;
         let mut resp = match reply {
-            Ok(Reply::Relayed(resp, idle, sse)) => {
+            Ok(Reply::Relayed(relay)) => {
+                let respond::Relay {
+                    resp,
+                    idle,
+                    sse,
+                    prefix,
+                    on_end,
+                } = *relay;
                 log.set_status(resp.status());
-                resp.map(|body| RelayBody::new(body, idle, sse.map(|s| *s), log).boxed_unsync())
+                let stalled = ctx.conn.write_stalled.clone();
+                resp.map(|body| {
+                    let mut relay = RelayBody::new(body, idle, sse, log)
+                        .on_end(on_end)
+                        .write_stall_flag(stalled);
+                    if let Some(prefix) = prefix {
+                        relay = relay.with_prefix(prefix);
+                    }
+                    relay.boxed_unsync()
+                })
             }
             Ok(Reply::Local(resp)) => {
                 log.set_status(resp.status());

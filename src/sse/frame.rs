@@ -59,3 +59,82 @@ pub(crate) fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
         None => (line, &[]),
     }
 }
+
+/// Longest `id:` line kept; an id longer than this is not repeated (it is still relayed).
+const MAX_ID_LINE: usize = 1024;
+
+/// The last event id in a stream of bytes cut anywhere, tracked line by line. Only the line
+/// in progress is held, and only up to [`MAX_ID_LINE`] bytes.
+#[derive(Debug, Default)]
+pub struct LastEventId {
+    line: Vec<u8>,
+    /// The line in progress is longer than anything kept.
+    overflow: bool,
+    /// The previous byte was CR (a following LF belongs to the same line end).
+    after_cr: bool,
+    last: Option<Vec<u8>>,
+}
+
+impl LastEventId {
+    /// Reads more of the stream.
+    pub fn track(&mut self, mut chunk: &[u8]) {
+        if self.after_cr && chunk.first() == Some(&b'\n') {
+            chunk = &chunk[1..];
+        }
+        self.after_cr = false;
+        while let Some(i) = chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.push(&chunk[..i]);
+            self.end_line();
+            let crlf = chunk[i] == b'\r' && chunk.get(i + 1) == Some(&b'\n');
+            if chunk[i] == b'\r' && i + 1 == chunk.len() {
+                self.after_cr = true;
+            }
+            chunk = &chunk[i + if crlf { 2 } else { 1 }..];
+        }
+        self.push(chunk);
+    }
+
+    /// The last id seen, if the last `id` field was not empty.
+    pub fn get(&self) -> Option<&[u8]> {
+        self.last.as_deref()
+    }
+
+    fn push(&mut self, part: &[u8]) {
+        if self.overflow || self.line.len() + part.len() > MAX_ID_LINE {
+            self.overflow = true;
+            return;
+        }
+        self.line.extend_from_slice(part);
+    }
+
+    fn end_line(&mut self) {
+        if !self.overflow {
+            let (field, value) = split_field(&self.line);
+            // An empty `id` resets the last event id, as it does in clients; an id with NUL
+            // is ignored by clients, so by us too.
+            if field == b"id" && !value.contains(&0) {
+                self.last = (!value.is_empty()).then(|| value.to_vec());
+            }
+        }
+        self.line.clear();
+        self.overflow = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LastEventId;
+
+    #[test]
+    fn last_event_id_across_cuts() {
+        let mut l = LastEventId::default();
+        l.track(b"id: 4");
+        l.track(b"2\r");
+        l.track(b"\ndata: x\n\n");
+        assert_eq!(l.get(), Some(&b"42"[..]));
+        l.track(b"id:\n\n");
+        assert_eq!(l.get(), None);
+        l.track(b"data: id: 7\nid:8\r\r");
+        assert_eq!(l.get(), Some(&b"8"[..]));
+    }
+}

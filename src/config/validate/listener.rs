@@ -51,6 +51,14 @@ pub(super) fn listener(l: ListenerFile, resolve: Resolve<'_>) -> Result<Listener
         Some(n) => n,
     };
     nonzero("listener.handshake_timeout", l.handshake_timeout)?;
+    if !(1..=65536).contains(&l.max_handshakes_in_flight) {
+        return Err(ConfigError::invalid(
+            "listener.max_handshakes_in_flight",
+            format!("{} is outside 1..=65536", l.max_handshakes_in_flight),
+            "keep the default 256 (about a hundred per core is plenty); connections beyond \
+             it wait for a slot",
+        ));
+    }
 
     let mut sni = Vec::with_capacity(l.tls.sni.len());
     for (i, s) in l.tls.sni.iter().enumerate() {
@@ -133,6 +141,7 @@ pub(super) fn listener(l: ListenerFile, resolve: Resolve<'_>) -> Result<Listener
         max_connections: l.max_connections,
         max_connections_per_ip,
         handshake_timeout: l.handshake_timeout,
+        max_handshakes_in_flight: l.max_handshakes_in_flight,
         tls: ServerTls {
             cert: resolve(&l.tls.cert),
             key: resolve(&l.tls.key),

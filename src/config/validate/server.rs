@@ -57,7 +57,8 @@ pub(super) fn http(h: HttpFile) -> Result<HttpLimits, ConfigError> {
     })
 }
 
-/// Checks `[sse]`: the idle limit must outlast several heartbeats.
+/// Checks `[sse]`: the idle limit must outlast several heartbeats; the stream lifetime, when
+/// set, and the client write timeout are positive.
 pub(super) fn sse(s: &SseFile) -> Result<SseSettings, ConfigError> {
     nonzero("sse.heartbeat_interval", s.heartbeat_interval)?;
     nonzero("sse.idle_timeout", s.idle_timeout)?;
@@ -68,9 +69,19 @@ pub(super) fn sse(s: &SseFile) -> Result<SseSettings, ConfigError> {
             "make the idle limit several heartbeats long (defaults: 15s heartbeat, 30m idle)",
         ));
     }
+    if s.max_stream_lifetime.is_some_and(|d| d.is_zero()) {
+        return Err(ConfigError::invalid(
+            "sse.max_stream_lifetime",
+            "must be longer than 0s",
+            "set a duration such as \"1h\", or remove the key to let streams run without limit",
+        ));
+    }
+    nonzero("sse.client_write_timeout", s.client_write_timeout)?;
     Ok(SseSettings {
         heartbeat_interval: s.heartbeat_interval,
         idle_timeout: s.idle_timeout,
+        max_stream_lifetime: s.max_stream_lifetime,
+        client_write_timeout: s.client_write_timeout,
     })
 }
 
