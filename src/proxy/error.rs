@@ -104,6 +104,15 @@ pub enum ProxyError {
     /// The upstream did not answer (connect or response head) in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// Every endpoint that could take the request is ejected (circuit open) or unhealthy:
+    /// answered at once, without contacting it, with the call's `id` where known.
+    #[error("upstream temporarily unavailable; retry later")]
+    UpstreamCircuitOpen {
+        /// The id of the request, when the POST carried exactly one.
+        id: Option<mcp::Id>,
+        /// Seconds for the `Retry-After` header (at least 1).
+        retry_after: u64,
+    },
 }
 
 impl ProxyError {
@@ -112,7 +121,9 @@ impl ProxyError {
         match self {
             ProxyError::Auth(r) if r.error.is_server_side() => Source::Proxy,
             ProxyError::UpstreamToken => Source::Proxy,
-            ProxyError::UpstreamUnavailable | ProxyError::UpstreamTimeout => Source::Upstream,
+            ProxyError::UpstreamUnavailable
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamCircuitOpen { .. } => Source::Upstream,
             _ => Source::Client,
         }
     }
@@ -145,6 +156,7 @@ impl ProxyError {
             ProxyError::UpstreamToken => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -178,6 +190,7 @@ impl ProxyError {
             ProxyError::UpstreamToken => "upstream_token_failed",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamCircuitOpen { .. } => "upstream_circuit_open",
         }
     }
 
@@ -188,6 +201,9 @@ impl ProxyError {
             ProxyError::McpHeader(e) => e.body(),
             ProxyError::Policy { id, reason } => {
                 mcp::json_rpc_error_for(id.as_ref(), POLICY_DENIED, reason, None)
+            }
+            ProxyError::UpstreamCircuitOpen { id, .. } => {
+                mcp::json_rpc_error_for(id.as_ref(), self.rpc_code(), &self.to_string(), None)
             }
             // The legacy wording, kept for clients that show it.
             ProxyError::Auth(r) => {
@@ -210,6 +226,9 @@ impl ProxyError {
         match self {
             ProxyError::MethodNotAllowed { allow } => {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ProxyError::UpstreamCircuitOpen { retry_after, .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
             ProxyError::Auth(AuthRefusal {
                 challenge: Some(challenge),
@@ -256,10 +275,33 @@ mod tests {
             assert_eq!(e.source(), Source::Proxy, "{e}");
             assert!(e.status().is_server_error(), "{e}");
         }
-        for e in [ProxyError::UpstreamUnavailable, ProxyError::UpstreamTimeout] {
+        for e in [
+            ProxyError::UpstreamUnavailable,
+            ProxyError::UpstreamTimeout,
+            ProxyError::UpstreamCircuitOpen {
+                id: None,
+                retry_after: 1,
+            },
+        ] {
             assert_eq!(e.source(), Source::Upstream, "{e}");
             assert!(e.status().is_server_error(), "{e}");
         }
+    }
+
+    #[test]
+    fn open_circuit_answers_503_with_retry_after_and_the_call_id() {
+        let e = ProxyError::UpstreamCircuitOpen {
+            id: Some(mcp::Id::Number(7.into())),
+            retry_after: 0,
+        };
+        assert_eq!(e.kind(), "upstream_circuit_open");
+        let body = e.body();
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], -32000);
     }
 
     #[test]

@@ -16,10 +16,10 @@
 //! |---|---|---|---|
 //! | `admit` | [`admit`] | Host (one, agreeing with the authority, in `allowed_hosts`); OAuth metadata documents; route; Origin and CORS preflights; method; declared body size | 400, 403, 404, 405, 413 |
 //! | `authenticate` | [`crate::auth::identity`] | client certificate, bearer token (JWT or introspection), certificate binding, route scopes → one [`Identity`](crate::auth::Identity) | 400, 401, 403, 503 |
-//! | `pick_endpoint` | [`transport`], [`streamable`], [`legacy`] | the endpoint of the sealed, principal-bound, unexpired session the request names, else round-robin | 400, 404 |
+//! | `pick_endpoint` | [`transport`], [`streamable`], [`legacy`] | the endpoint of the sealed, principal-bound, unexpired session the request names (404 when it is ejected or unhealthy), else the next available endpoint round-robin | 400, 404 |
 //! | `inspect` | [`inspect`] | no body on GET/DELETE; POST media type (UTF-8 JSON, unencoded); POST bodies read whole (capped, timed) and parsed as JSON-RPC; `MCP-Protocol-Version`; `Mcp-Method`/`Mcp-Name` against the body | 400, 408, 413, 415 |
 //! | `authorize` | [`authorize`] | route policy per message (methods, scopes, tools, resources); audit records | 403 |
-//! | `forward` | [`forward`] | upstream headers (forwarding, identity, no client credentials), the signed upstream token, send | 500, 502, 504 |
+//! | `forward` | [`forward`] | upstream headers (forwarding, identity, no client credentials), the signed upstream token, the endpoint's circuit, send, safe retries on another endpoint ([`crate::upstream`]) | 500, 502, 503, 504 |
 //! | `respond` | [`respond`] | session id sealed; list answers filtered; event streams set up (heartbeats, idle limit, stop signal, legacy rewrite, answer filter) | 502 |
 //! | `log` | [`Proxy::handle`] | the access-log line and the audit lines, when the answer has ended | — |
 //!
@@ -51,6 +51,7 @@ use crate::http::headers::X_REQUEST_ID;
 use crate::shutdown::Shutdown;
 use crate::sse::RelayBody;
 use crate::telemetry::Outcome;
+use crate::upstream::{EndpointSnapshot, HealthRegistry};
 use admit::Admission;
 use ctx::RequestCtx;
 use legacy::LegacySessions;
@@ -63,6 +64,8 @@ pub use gateway::{Gateway, RouteSetupError};
 /// The proxy service shared by all connections.
 pub struct Proxy {
     gateway: ArcSwap<Gateway>,
+    /// Endpoint health outlives every gateway snapshot (reloads rebuild the gateway).
+    health: HealthRegistry,
     audit: Option<Arc<AuditLog>>,
     legacy: Arc<LegacySessions>,
     shutdown: Shutdown,
@@ -70,18 +73,30 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy serving `gateway` until `shutdown`, recording MCP calls in `audit` if given.
-    pub fn new(gateway: Gateway, shutdown: Shutdown, audit: Option<Arc<AuditLog>>) -> Self {
+    /// Starts the active health checks the gateway configures (call within a Tokio runtime).
+    pub fn new(mut gateway: Gateway, shutdown: Shutdown, audit: Option<Arc<AuditLog>>) -> Self {
+        // Checks stop when draining starts: no new traffic will need their verdict.
+        let health = HealthRegistry::new(shutdown.drain().clone());
+        health.adopt(gateway.upstreams_mut());
         Proxy {
             gateway: ArcSwap::from_pointee(gateway),
+            health,
             audit,
             legacy: Arc::new(LegacySessions::default()),
             shutdown,
         }
     }
 
-    /// Replaces the snapshot; requests already running keep the one they started with.
-    pub fn swap(&self, gateway: Gateway) {
+    /// Replaces the snapshot; requests already running keep the one they started with. The
+    /// endpoint health known so far carries over to the endpoints still configured.
+    pub fn swap(&self, mut gateway: Gateway) {
+        self.health.adopt(gateway.upstreams_mut());
         self.gateway.store(Arc::new(gateway));
+    }
+
+    /// Health of every configured upstream endpoint (circuit, ejection, checks, retries).
+    pub fn upstream_health(&self) -> Vec<EndpointSnapshot> {
+        self.health.snapshot()
     }
 
     /// The current snapshot.
@@ -130,7 +145,7 @@ impl Proxy {
         self.authenticate(gw, route, ctx, &parts).await?;
         let binding = ctx.identity.session_binding();
         let method = ctx.method.clone();
-        let target = transport::pick_endpoint(gw, route, &method, &mut parts, &binding)?;
+        let mut target = transport::pick_endpoint(gw, route, &method, &mut parts, &binding)?;
         let body = body
             .take()
             .ok_or(ProxyError::BadRequest("request body already used"))?;
@@ -144,7 +159,7 @@ impl Proxy {
             inspected.digest,
             self.audit.as_deref(),
         )?;
-        let resp = forward::forward(gw, route, ctx, parts, &target, inspected.body).await?;
+        let resp = forward::forward(gw, route, ctx, parts, &mut target, inspected).await?;
         respond::respond(self, gw, route, ctx, target, authorized, resp).await
     }
 
