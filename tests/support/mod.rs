@@ -8,6 +8,7 @@ pub const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 pub mod backends;
 pub mod cli;
 pub mod clock;
+pub mod flaky;
 pub mod https;
 pub mod idp;
 pub mod introspection_server;
