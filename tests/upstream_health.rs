@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mcp_edge::upstream::{CircuitState, EndpointSnapshot};
 use support::flaky::{Flaky, Mode};
-use support::{TestProxy, raw, start_proxy};
+use support::{Pki, TestProxy, listener_toml, raw, start_proxy};
 
 /// A `tools/call` with `id` (2025-03-26 era: no protocol header needed).
 fn tool_call(id: u64) -> serde_json::Value {
@@ -318,4 +318,81 @@ async fn a_post_that_reached_a_backend_is_never_retried() {
     }
     assert!(failed_on_a > 0, "round-robin sent some calls to a");
     assert_eq!(health(&proxy, &a.url()).retries, 0);
+}
+
+/// A proxy started from a config file in the PKI directory, so it can be reloaded.
+async fn start_reloadable(pki: Pki, rest: &str) -> (TestProxy, std::path::PathBuf) {
+    let path = pki.dir.path().join("mcp-edge.toml");
+    std::fs::write(&path, format!("{}{rest}", listener_toml(&pki))).unwrap();
+    let cfg = mcp_edge::config::load(&path).expect("config loads");
+    let running = mcp_edge::app::start(cfg).await.expect("proxy starts");
+    let proxy = TestProxy {
+        addr: running.addr,
+        pki,
+        running: Some(running),
+    };
+    (proxy, path)
+}
+
+async fn reload(proxy: &TestProxy, path: &std::path::Path, rest: &str) {
+    std::fs::write(path, format!("{}{rest}", listener_toml(&proxy.pki))).unwrap();
+    let running = proxy.running.as_ref().expect("running");
+    running
+        .reloader
+        .reload_config()
+        .await
+        .expect("reload accepted");
+}
+
+#[tokio::test]
+async fn health_survives_reloads_and_leaves_with_its_endpoint() {
+    let a = Flaky::start("a").await;
+    let b = Flaky::start("b").await;
+    a.set_mode(Mode::Status(503));
+    let tables = "[upstream.circuit]\nfailures = 2\nopen_for = \"30s\"\n\
+                  [upstream.health_check]\nenabled = true\npath = \"/healthz\"\n\
+                  interval = \"50ms\"\ntimeout = \"50ms\"\n";
+    let (proxy, path) = start_reloadable(Pki::new(), &routes(&[&a.url()], tables)).await;
+    let client = proxy.client(false);
+    let url = proxy.url("/mcp");
+    for id in 0..2 {
+        assert_eq!(post(&client, &url, id, None).await.status(), 503);
+    }
+    assert_eq!(health(&proxy, &a.url()).circuit, CircuitState::Open);
+
+    // Another route and a changed timeout: the gateway is rebuilt, a's circuit stays open.
+    let more = format!(
+        "{}[[routes]]\npath = \"/other\"\nupstream = \"{}\"\n",
+        routes(
+            &[&a.url()],
+            &format!("{tables}[upstream]\nconnect_timeout = \"2s\"\n")
+        ),
+        b.url()
+    );
+    reload(&proxy, &path, &more).await;
+    let h = health(&proxy, &a.url());
+    assert_eq!((h.circuit, h.ejections), (CircuitState::Open, 1), "{h:?}");
+    let calls = a.calls();
+    let resp = post(&client, &url, 5, None).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(a.calls(), calls, "still open after the reload");
+
+    // a leaves the config: its entry goes, and so does its health check.
+    reload(&proxy, &path, &routes(&[&b.url()], tables)).await;
+    let running = proxy.running.as_ref().unwrap();
+    assert!(
+        running
+            .proxy
+            .upstream_health()
+            .iter()
+            .all(|e| e.uri != a.url()),
+        "a is no longer listed"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let probes = a.probes();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.probes(), probes, "a is no longer probed");
+    assert!(b.probes() > 0, "b is");
+    assert_eq!(post(&client, &url, 6, None).await.status(), 200);
 }

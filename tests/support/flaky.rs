@@ -42,6 +42,7 @@ struct State {
     healthy: AtomicBool,
     calls: AtomicUsize,
     tool_calls: AtomicUsize,
+    probes: AtomicUsize,
     /// Cancelled to drop every open connection (a mode change, a stop).
     connections: Mutex<CancellationToken>,
 }
@@ -62,6 +63,7 @@ impl Flaky {
             healthy: AtomicBool::new(true),
             calls: AtomicUsize::new(0),
             tool_calls: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
             connections: Mutex::new(CancellationToken::new()),
         });
         let listener = bind("127.0.0.1:0".parse().expect("addr"));
@@ -98,6 +100,11 @@ impl Flaky {
     /// `tools/call` requests received.
     pub fn tool_calls(&self) -> usize {
         self.state.tool_calls.load(Ordering::SeqCst)
+    }
+
+    /// Health probes (`/healthz`) received.
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
     }
 
     /// Stops listening and drops every connection: connects are refused from now on.
@@ -225,6 +232,7 @@ fn count(state: &State, body: &[u8]) {
 
 async fn answer(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> {
     if req.uri().path() == "/healthz" {
+        state.probes.fetch_add(1, Ordering::SeqCst);
         let status = if state.healthy.load(Ordering::SeqCst) {
             StatusCode::OK
         } else {
