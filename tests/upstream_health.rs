@@ -227,6 +227,26 @@ async fn health_checks_take_an_endpoint_out_before_any_call_fails_and_back() {
     assert_eq!(a.calls(), 0, "no call went to the unhealthy endpoint");
     assert_eq!(b.calls(), 10);
 
+    // With no healthy endpoint left the route fails fast.
+    b.set_healthy(false);
+    wait_until("the check marks b unhealthy", || {
+        !health(&proxy, &b.url()).healthy
+    })
+    .await;
+    let resp = post(&client, &url, 99, None).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(
+        a.calls() + b.calls(),
+        10,
+        "nothing sent to unhealthy endpoints"
+    );
+    b.set_healthy(true);
+    wait_until("the check marks b healthy again", || {
+        health(&proxy, &b.url()).healthy
+    })
+    .await;
+
     a.set_healthy(true);
     wait_until("the check marks a healthy again", || {
         health(&proxy, &a.url()).healthy

@@ -2,6 +2,8 @@
 //! response-head deadline, the classification of what failed, and the safe retries of
 //! [`super::retry`] on another endpoint.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, header};
 use hyper::body::Incoming;
@@ -56,6 +58,13 @@ impl Upstreams {
         let (mut endpoint, mut uri) = (first, out.uri.clone());
         loop {
             let ep = self.endpoint(endpoint)?;
+            if !ep.health.healthy() {
+                // Only a first attempt can land here (retries pick available endpoints): every
+                // endpoint is failing its health check.
+                let retry_after = (self.settings.health_check.as_ref())
+                    .map_or(Duration::from_secs(1), |c| c.interval);
+                return Err(SendError::CircuitOpen { retry_after });
+            }
             let permit = match ep.health.admit(circuit) {
                 Ok(p) => p,
                 Err(wait) => {
