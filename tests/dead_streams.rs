@@ -379,3 +379,31 @@ async fn a_legacy_stream_that_dies_answers_its_sessions_pending_posts() {
     assert!(rest.contains("event: message"), "{rest}");
     assert_injected(&messages[0], &json!(42), "upstream stream failed");
 }
+
+#[tokio::test]
+async fn answers_that_keep_dying_mid_stream_open_the_circuit() {
+    // Every head is good and every body dies: the body failures alone must eject it.
+    let backend = sse_backend(|_| vec![event(&progress())], drop_connection).await;
+    let proxy = proxy_for(
+        backend.addr,
+        "[upstream.circuit]\nfailures = 3\nopen_for = \"30s\"\n",
+    )
+    .await;
+    for id in 1..=3 {
+        let (status, messages, text) = post(&proxy, true, &call(json!(id))).await;
+        assert_eq!(status, 200, "{text}");
+        assert_injected(&messages[1], &json!(id), "upstream stream failed");
+    }
+    let (status, messages, text) = post(&proxy, true, &call(json!(4))).await;
+    assert_eq!(
+        status, 503,
+        "the circuit is open after three dead streams: {text}"
+    );
+    assert_eq!(
+        messages.len(),
+        0,
+        "a plain JSON refusal, not a stream: {text}"
+    );
+    let body: Value = serde_json::from_str(&text).expect("JSON-RPC error");
+    assert_eq!(body["id"], 4, "{body}");
+}

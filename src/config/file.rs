@@ -236,6 +236,15 @@ pub struct UpstreamDefaultsFile {
     /// Idle pooled connections per host.
     #[serde(default = "defaults::pool_max_idle_per_host")]
     pub pool_max_idle_per_host: usize,
+    /// `[upstream.circuit]`: circuit breaker and passive ejection of every endpoint.
+    #[serde(default)]
+    pub circuit: CircuitFile,
+    /// `[upstream.retry]`: safe retries and their budget.
+    #[serde(default)]
+    pub retry: RetryFile,
+    /// `[upstream.health_check]`: active health checks (off unless enabled).
+    #[serde(default)]
+    pub health_check: HealthCheckFile,
 }
 
 impl Default for UpstreamDefaultsFile {
@@ -246,8 +255,66 @@ impl Default for UpstreamDefaultsFile {
             body_idle_timeout: defaults::body_idle_timeout(),
             pool_idle_timeout: defaults::pool_idle_timeout(),
             pool_max_idle_per_host: defaults::pool_max_idle_per_host(),
+            circuit: CircuitFile::default(),
+            retry: RetryFile::default(),
+            health_check: HealthCheckFile::default(),
         }
     }
+}
+
+/// `[upstream.circuit]` and `[routes.circuit]`. Every key is optional: a route's table
+/// overrides `[upstream.circuit]` key by key, which overrides the built-in defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitFile {
+    /// Consecutive failures that open an endpoint's circuit (0: never).
+    pub failures: Option<u32>,
+    /// First open period.
+    #[serde(default, with = "humantime_serde")]
+    pub open_for: Option<Duration>,
+    /// Longest open period (each reopening doubles it).
+    #[serde(default, with = "humantime_serde")]
+    pub max_open_for: Option<Duration>,
+    /// Probe requests let through at once while half-open.
+    pub half_open_requests: Option<u32>,
+}
+
+/// `[upstream.retry]` and `[routes.retry]`, merged like [`CircuitFile`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Most retries of one request (0: off).
+    pub max_retries: Option<u32>,
+    /// Retries as a share of requests over 10 s, in percent.
+    pub budget_percent: Option<u32>,
+    /// Retries allowed per second regardless of the share.
+    pub min_per_second: Option<u32>,
+    /// Base of the jittered exponential backoff.
+    #[serde(default, with = "humantime_serde")]
+    pub backoff: Option<Duration>,
+    /// Longest backoff.
+    #[serde(default, with = "humantime_serde")]
+    pub max_backoff: Option<Duration>,
+}
+
+/// `[upstream.health_check]` and `[routes.health_check]`, merged like [`CircuitFile`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// Probe the endpoints (default: false).
+    pub enabled: Option<bool>,
+    /// Path probed on each endpoint's host, e.g. `/healthz` (required when enabled).
+    pub path: Option<String>,
+    /// Time between probes.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Longest wait for a probe's answer.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Passing probes in a row that mark an endpoint healthy.
+    pub healthy_threshold: Option<u32>,
+    /// Failing probes in a row that mark an endpoint unhealthy.
+    pub unhealthy_threshold: Option<u32>,
 }
 
 /// `[admin]`
@@ -323,6 +390,12 @@ pub struct RouteFile {
     pub upstream_token_audience: Option<String>,
     /// `[routes.limits]`: this route's limits over the `[limits]` defaults.
     pub limits: Option<RouteLimitsFile>,
+    /// `[routes.circuit]`: overrides `[upstream.circuit]` for this route, key by key.
+    pub circuit: Option<CircuitFile>,
+    /// `[routes.retry]`: overrides `[upstream.retry]` for this route, key by key.
+    pub retry: Option<RetryFile>,
+    /// `[routes.health_check]`: overrides `[upstream.health_check]` for this route, key by key.
+    pub health_check: Option<HealthCheckFile>,
 }
 
 /// `[certs]`

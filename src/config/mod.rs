@@ -34,6 +34,7 @@ pub use crate::tls::ServerTls;
 pub use crate::tls::SniCert;
 pub use crate::upstream::UpstreamSettings;
 pub use crate::upstream::UpstreamTls;
+pub use crate::upstream::{CircuitSettings, HealthCheckSettings, RetrySettings};
 
 /// Why a configuration could not be loaded; every message names the key and the fix.
 #[derive(Debug, thiserror::Error)]

@@ -1571,3 +1571,100 @@ fn handshake_cap_must_be_within_range() {
         assert!(msg.contains("wait for a slot"), "{msg}");
     }
 }
+
+// ── Upstream health: circuit, retry, health check ────────────────────────────────────────────
+
+#[test]
+fn upstream_health_defaults_and_route_overrides() {
+    let c = ok(MINIMAL);
+    let u = &c.routes[0].upstream;
+    assert_eq!(u.circuit, crate::upstream::CircuitSettings::default());
+    assert_eq!(u.retry, crate::upstream::RetrySettings::default());
+    assert_eq!(u.health_check, None, "active checks are off by default");
+
+    let c = ok(&with_tables(
+        "[routes.circuit]\nfailures = 0\n\
+         [routes.health_check]\npath = \"/ready\"\n\
+         [upstream.circuit]\nfailures = 3\nopen_for = \"1s\"\n\
+         [upstream.retry]\nmax_retries = 0\nbudget_percent = 50\n\
+         [upstream.health_check]\nenabled = true\npath = \"/healthz\"\ninterval = \"5s\"\n",
+    ));
+    let u = &c.routes[0].upstream;
+    // The route's key wins, the others come from [upstream].
+    assert_eq!(u.circuit.failures, 0);
+    assert_eq!(u.circuit.open_for, Duration::from_secs(1));
+    assert_eq!(u.retry.max_retries, 0);
+    assert_eq!(u.retry.budget_percent, 50);
+    let hc = u.health_check.as_ref().expect("enabled in [upstream]");
+    assert_eq!(hc.path, "/ready");
+    assert_eq!(hc.interval, Duration::from_secs(5));
+    assert_eq!(hc.timeout, Duration::from_secs(2));
+    assert_eq!((hc.healthy_threshold, hc.unhealthy_threshold), (2, 3));
+
+    let c = ok(&with_tables(
+        "[routes.health_check]\nenabled = false\n\
+         [upstream.health_check]\nenabled = true\npath = \"/healthz\"\n",
+    ));
+    assert_eq!(
+        c.routes[0].upstream.health_check, None,
+        "a route may opt out"
+    );
+}
+
+#[test]
+fn upstream_health_keys_are_checked() {
+    invalid(
+        &with_tables("[upstream.circuit]\nopen_for = \"0s\"\n"),
+        "upstream.circuit.open_for",
+        &["longer than zero"],
+    );
+    invalid(
+        &with_tables("[upstream.circuit]\nopen_for = \"10s\"\nmax_open_for = \"5s\"\n"),
+        "upstream.circuit.max_open_for",
+        &["shorter than open_for"],
+    );
+    invalid(
+        &with_tables("[routes.circuit]\nhalf_open_requests = 0\n"),
+        "routes[0].circuit.half_open_requests",
+        &["at least 1"],
+    );
+    invalid(
+        &with_tables("[upstream.retry]\nbudget_percent = 150\n"),
+        "upstream.retry.budget_percent",
+        &["over 100"],
+    );
+    invalid(
+        &with_tables("[routes.retry]\nbackoff = \"1s\"\nmax_backoff = \"100ms\"\n"),
+        "routes[0].retry.max_backoff",
+        &["at least backoff"],
+    );
+    invalid(
+        &with_tables("[upstream.health_check]\nenabled = true\n"),
+        "upstream.health_check.path",
+        &["required", "upstream.health_check.enabled"],
+    );
+    invalid(
+        &with_tables("[routes.health_check]\nenabled = true\npath = \"healthz\"\n"),
+        "routes[0].health_check.path",
+        &["not a usable path"],
+    );
+    invalid(
+        &with_tables(
+            "[upstream.health_check]\nenabled = true\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+        ),
+        "upstream.health_check.timeout",
+        &["longer than the interval"],
+    );
+    invalid(
+        &with_tables(
+            "[upstream.health_check]\nenabled = true\npath = \"/h\"\nunhealthy_threshold = 0\n",
+        ),
+        "upstream.health_check.unhealthy_threshold",
+        &["at least 1"],
+    );
+    parse_error(
+        &with_tables("[upstream.circuit]\nfailure = 3\n"),
+        &["failure"],
+    );
+    parse_error(&with_tables("[routes.retry]\nretries = 3\n"), &["retries"]);
+}

@@ -117,6 +117,15 @@ pub enum ProxyError {
         /// Which limit, and when to try again.
         refusal: LimitRefusal,
     },
+    /// Every endpoint that could take the request is ejected (circuit open) or unhealthy:
+    /// answered at once, without contacting it, with the call's `id` where known.
+    #[error("upstream temporarily unavailable; retry later")]
+    UpstreamCircuitOpen {
+        /// The id of the request, when the POST carried exactly one.
+        id: Option<mcp::Id>,
+        /// Seconds for the `Retry-After` header (at least 1).
+        retry_after: u64,
+    },
 }
 
 impl ProxyError {
@@ -128,7 +137,9 @@ impl ProxyError {
             ProxyError::Limited { refusal, .. } if refusal.kind == LimitKind::StoreUnavailable => {
                 Source::Proxy
             }
-            ProxyError::UpstreamUnavailable | ProxyError::UpstreamTimeout => Source::Upstream,
+            ProxyError::UpstreamUnavailable
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamCircuitOpen { .. } => Source::Upstream,
             _ => Source::Client,
         }
     }
@@ -165,6 +176,7 @@ impl ProxyError {
                 LimitKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::TOO_MANY_REQUESTS,
             },
+            ProxyError::UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -206,6 +218,7 @@ impl ProxyError {
                 LimitKind::Streams => "stream_limited",
                 LimitKind::StoreUnavailable => "limit_store_unavailable",
             },
+            ProxyError::UpstreamCircuitOpen { .. } => "upstream_circuit_open",
         }
     }
 
@@ -226,6 +239,9 @@ impl ProxyError {
                     "retryAfterSeconds": refusal.retry_after_secs(),
                 })),
             ),
+            ProxyError::UpstreamCircuitOpen { id, .. } => {
+                mcp::json_rpc_error_for(id.as_ref(), self.rpc_code(), &self.to_string(), None)
+            }
             // The legacy wording, kept for clients that show it.
             ProxyError::Auth(r) => {
                 mcp::json_rpc_error_body(self.rpc_code(), r.error.message(), None)
@@ -250,6 +266,9 @@ impl ProxyError {
             }
             ProxyError::Limited { refusal, .. } => {
                 h.insert(header::RETRY_AFTER, refusal.retry_after_secs().into());
+            }
+            ProxyError::UpstreamCircuitOpen { retry_after, .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
             ProxyError::Auth(AuthRefusal {
                 challenge: Some(challenge),
@@ -296,10 +315,33 @@ mod tests {
             assert_eq!(e.source(), Source::Proxy, "{e}");
             assert!(e.status().is_server_error(), "{e}");
         }
-        for e in [ProxyError::UpstreamUnavailable, ProxyError::UpstreamTimeout] {
+        for e in [
+            ProxyError::UpstreamUnavailable,
+            ProxyError::UpstreamTimeout,
+            ProxyError::UpstreamCircuitOpen {
+                id: None,
+                retry_after: 1,
+            },
+        ] {
             assert_eq!(e.source(), Source::Upstream, "{e}");
             assert!(e.status().is_server_error(), "{e}");
         }
+    }
+
+    #[test]
+    fn open_circuit_answers_503_with_retry_after_and_the_call_id() {
+        let e = ProxyError::UpstreamCircuitOpen {
+            id: Some(mcp::Id::Number(7.into())),
+            retry_after: 0,
+        };
+        assert_eq!(e.kind(), "upstream_circuit_open");
+        let body = e.body();
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], -32000);
     }
 
     #[test]

@@ -1,32 +1,39 @@
 //! Phase `forward`: the upstream request. Hop-by-hop and forwarding headers are replaced by
 //! the proxy's own view, the client's credentials stop here (the backend gets the identity
 //! the proxy proved, as headers and, where the route asks, a token the proxy signs), and the
-//! request goes to the chosen endpoint.
+//! request goes to the chosen endpoint (or, when it never reached that one, to another: see
+//! [`crate::upstream::retry`]).
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
-use super::transport::Target;
+use super::inspect::Inspected;
+use super::transport::{self, Target};
 use crate::auth::Identity;
 use crate::auth::upstream_token::UpstreamIdentity;
-use crate::http::Body;
 use crate::http::headers::{self, X_REQUEST_ID};
-use crate::upstream::SendError;
+use crate::mcp::Envelope;
+use crate::upstream::{Outbound, SendError};
 
-/// Rewrites the request head for the upstream and sends it.
+/// Rewrites the request head for the upstream and sends it; `target` names the endpoint that
+/// answered afterwards (the session it issues is sealed for that one).
 pub(crate) async fn forward(
     gw: &Gateway,
     route: &RouteState,
     ctx: &mut RequestCtx<'_>,
     mut parts: http::request::Parts,
-    target: &Target,
-    body: Body,
+    target: &mut Target,
+    inspected: Inspected,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let endpoint = &route.upstreams.endpoints()[target.endpoint];
+    let endpoint = route
+        .upstreams
+        .endpoints()
+        .get(target.endpoint)
+        .ok_or(ProxyError::UpstreamUnavailable)?;
     ctx.log.set_upstream(&endpoint.uri);
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
@@ -39,7 +46,7 @@ pub(crate) async fn forward(
     if ctx.method == Method::POST {
         crate::http::media::normalise_json_body(h);
     }
-    h.insert(header::HOST, endpoint.host.clone());
+    // `Host` is set per attempt: a retry goes to another endpoint.
     h.remove(header::AUTHORIZATION);
     set_identity_headers(h, &gw.config.auth.identity_header_prefix, &ctx.identity);
     h.insert(X_REQUEST_ID, ctx.log.request_id_header().clone());
@@ -62,18 +69,44 @@ pub(crate) async fn forward(
     }
     // Compressed SSE would be buffered by the compressor; upstream hops are internal anyway.
     h.remove(header::ACCEPT_ENCODING);
-    parts.uri = target.uri.clone();
-    parts.version = http::Version::HTTP_11;
+    let out = Outbound {
+        method: parts.method,
+        uri: target.uri.clone(),
+        headers: parts.headers,
+        body: inspected.body,
+        pinned: transport::is_pinned(route.config.transport, &ctx.method, target),
+    };
     let limit = gw.config.http.max_request_body_bytes;
-    route
+    let sent = route
         .upstreams
-        .send(Request::from_parts(parts, body))
+        .send(out, target.endpoint)
         .await
         .map_err(|e| match e {
             SendError::Timeout => ProxyError::UpstreamTimeout,
             SendError::Unavailable => ProxyError::UpstreamUnavailable,
             SendError::BodyTooLarge => ProxyError::BodyTooLarge { limit },
-        })
+            SendError::CircuitOpen { retry_after } => ProxyError::UpstreamCircuitOpen {
+                id: single_id(inspected.envelope.as_ref()),
+                // Rounded up: a client that waits the whole seconds finds the period over.
+                retry_after: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+            },
+        })?;
+    if sent.endpoint != target.endpoint {
+        target.endpoint = sent.endpoint;
+        target.uri = sent.uri;
+        if let Some(e) = route.upstreams.endpoints().get(sent.endpoint) {
+            ctx.log.set_upstream(&e.uri);
+        }
+    }
+    Ok(sent.response)
+}
+
+/// The id of a POST that carries exactly one message, for errors that answer it.
+fn single_id(envelope: Option<&Envelope>) -> Option<crate::mcp::Id> {
+    match envelope? {
+        Envelope::Single(m) => m.id.clone(),
+        Envelope::Batch(_) => None,
+    }
 }
 
 /// Replaces every client-sent header with the identity prefix (or one a backend could fold

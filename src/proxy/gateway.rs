@@ -102,6 +102,11 @@ impl Gateway {
         &self.config
     }
 
+    /// Every route's path and upstreams, for the health registry to adopt.
+    pub(crate) fn upstreams_mut(&mut self) -> impl Iterator<Item = (&str, &mut Upstreams)> {
+        self.routes.iter_mut().map(|r| (&*r.path, &mut r.upstreams))
+    }
+
     pub(crate) fn route(&self, path: &str) -> Option<&RouteState> {
         self.routes.iter().find(|r| &*r.path == path)
     }

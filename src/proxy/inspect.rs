@@ -2,23 +2,22 @@
 //! encoding, and its body is read whole (capped, within `http.header_read_timeout`) and
 //! parsed as the JSON-RPC envelope of the request's protocol version; in the 2026-07-28 era
 //! its `Mcp-Method` / `Mcp-Name` headers are checked against it. The decision and the backend
-//! see the same bytes. GET and DELETE carry no JSON-RPC body and stream through, capped.
+//! see the same bytes. GET and DELETE carry no body at all.
 
 use bytes::Bytes;
 use http::{HeaderValue, Method};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
-use crate::http::Body;
 use crate::mcp::{self, Envelope};
 
 /// What `inspect` found.
 pub(crate) struct Inspected {
-    /// The body to forward.
-    pub(crate) body: Body,
+    /// The body to forward, whole (empty for GET and DELETE): a request the backend never
+    /// saw can be sent again on a retry.
+    pub(crate) body: Bytes,
     /// The JSON-RPC messages of a POST.
     pub(crate) envelope: Option<Envelope>,
     /// SHA-256 of a POST body, for the audit log (only computed when it is on).
@@ -44,7 +43,7 @@ pub(crate) async fn inspect(
             ));
         }
         return Ok(Inspected {
-            body: Limited::new(body, cap).boxed_unsync(),
+            body: Bytes::new(),
             envelope: None,
             digest: None,
         });
@@ -74,7 +73,7 @@ pub(crate) async fn inspect(
     }
     Ok(Inspected {
         digest: digest.then(|| crate::audit::args_digest(&bytes)),
-        body: crate::http::full(bytes),
+        body: bytes,
         envelope: Some(envelope),
     })
 }

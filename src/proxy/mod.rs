@@ -16,11 +16,11 @@
 //! |---|---|---|---|
 //! | `admit` | [`admit`] | Host (one, agreeing with the authority, in `allowed_hosts`); OAuth metadata documents; route; Origin and CORS preflights; method; declared body size | 400, 403, 404, 405, 413 |
 //! | `authenticate` | [`crate::auth::identity`] | client certificate, bearer token (JWT or introspection), certificate binding, route scopes → one [`Identity`](crate::auth::Identity) | 400, 401, 403, 503 |
-//! | `pick_endpoint` | [`transport`], [`streamable`], [`legacy`] | the endpoint of the sealed, principal-bound, unexpired session the request names, else round-robin | 400, 404 |
+//! | `pick_endpoint` | [`transport`], [`streamable`], [`legacy`] | the endpoint of the sealed, principal-bound, unexpired session the request names (404 when it is ejected or unhealthy), else the next available endpoint round-robin | 400, 404 |
 //! | `inspect` | [`inspect`] | no body on GET/DELETE; POST media type (UTF-8 JSON, unencoded); POST bodies read whole (capped, timed) and parsed as JSON-RPC; `MCP-Protocol-Version`; `Mcp-Method`/`Mcp-Name` against the body | 400, 408, 413, 415 |
 //! | `authorize` | [`authorize`] | route policy per message (methods, scopes, tools, resources); audit records | 403 |
 //! | `limits` | [`limit`] ([`crate::limits`]) | the caller's request rate, per-tool rates (tool read from the body), requests in flight, open GET streams; local or shared through Redis; slots held until the answer ends | 429, 503 |
-//! | `forward` | [`forward`] | upstream headers (forwarding, identity, no client credentials), the signed upstream token, send | 500, 502, 504 |
+//! | `forward` | [`forward`] | upstream headers (forwarding, identity, no client credentials), the signed upstream token, the endpoint's circuit, send, safe retries on another endpoint ([`crate::upstream`]) | 500, 502, 503, 504 |
 //! | `respond` | [`respond`] | session id sealed; list answers filtered; other JSON answers to POSTs read whole; event streams set up (heartbeats, idle limit, stop signal, lifetime, legacy rewrite, answer filter, answers for calls a dying stream leaves unanswered) | 502, 504 |
 //! | `log` | [`Proxy::handle`] | the access-log line and the audit lines, when the answer has ended | — |
 //!
@@ -54,6 +54,7 @@ use crate::limits::{Limits, StoreStatus};
 use crate::shutdown::Shutdown;
 use crate::sse::RelayBody;
 use crate::telemetry::Outcome;
+use crate::upstream::{EndpointSnapshot, HealthRegistry};
 use admit::Admission;
 use ctx::RequestCtx;
 use legacy::LegacySessions;
@@ -69,6 +70,8 @@ pub struct Proxy {
     /// Swapped with the gateway; kept apart because bucket and slot state outlives a
     /// snapshot (see [`Limits::rebuild`]).
     limits: ArcSwap<Limits>,
+    /// Endpoint health outlives every gateway snapshot (reloads rebuild the gateway).
+    health: HealthRegistry,
     audit: Option<Arc<AuditLog>>,
     legacy: Arc<LegacySessions>,
     shutdown: Shutdown,
@@ -76,7 +79,11 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy serving `gateway` until `shutdown`, recording MCP calls in `audit` if given.
-    pub fn new(gateway: Gateway, shutdown: Shutdown, audit: Option<Arc<AuditLog>>) -> Self {
+    /// Starts the active health checks the gateway configures (call within a Tokio runtime).
+    pub fn new(mut gateway: Gateway, shutdown: Shutdown, audit: Option<Arc<AuditLog>>) -> Self {
+        // Checks stop when draining starts: no new traffic will need their verdict.
+        let health = HealthRegistry::new(shutdown.drain().clone());
+        health.adopt(gateway.upstreams_mut());
         let limits = build_limits(&gateway, None).unwrap_or_else(|e| {
             tracing::error!(error = %e, "limits could not be set up; requests are not limited");
             Limits::default()
@@ -84,14 +91,18 @@ impl Proxy {
         Proxy {
             limits: ArcSwap::from_pointee(limits),
             gateway: ArcSwap::from_pointee(gateway),
+            health,
             audit,
             legacy: Arc::new(LegacySessions::default()),
             shutdown,
         }
     }
 
-    /// Replaces the snapshot; requests already running keep the one they started with.
-    pub fn swap(&self, gateway: Gateway) {
+    /// Replaces the snapshot; requests already running keep the one they started with. The
+    /// endpoint health known so far carries over to the endpoints still configured, and the
+    /// limit state to the limits left unchanged.
+    pub fn swap(&self, mut gateway: Gateway) {
+        self.health.adopt(gateway.upstreams_mut());
         match build_limits(&gateway, Some(&self.limits.load())) {
             Ok(limits) => self.limits.store(Arc::new(limits)),
             // Validation makes this unreachable in practice; the old limits stay in force.
@@ -105,6 +116,11 @@ impl Proxy {
     /// The shared rate-limit store's state, when `limits.store = "redis"`.
     pub fn limits_store(&self) -> Option<StoreStatus> {
         self.limits.load().store_status()
+    }
+
+    /// Health of every configured upstream endpoint (circuit, ejection, checks, retries).
+    pub fn upstream_health(&self) -> Vec<EndpointSnapshot> {
+        self.health.snapshot()
     }
 
     /// The current snapshot.
@@ -153,7 +169,7 @@ impl Proxy {
         self.authenticate(gw, route, ctx, &parts).await?;
         let binding = ctx.identity.session_binding();
         let method = ctx.method.clone();
-        let target = transport::pick_endpoint(gw, route, &method, &mut parts, &binding)?;
+        let mut target = transport::pick_endpoint(gw, route, &method, &mut parts, &binding)?;
         let body = body
             .take()
             .ok_or(ProxyError::BadRequest("request body already used"))?;
@@ -180,7 +196,7 @@ impl Proxy {
         // Registered before forwarding, so the answer cannot reach the stream first.
         let registration =
             legacy::register_calls(&self.legacy, route, &parts, &authorized.calls.ids);
-        let resp = forward::forward(gw, route, ctx, parts, &target, inspected.body).await?;
+        let resp = forward::forward(gw, route, ctx, parts, &mut target, inspected).await?;
         if let Some(r) = registration
             && resp.status().is_success()
         {

@@ -102,11 +102,19 @@ impl Calls {
 }
 
 /// The hook told how the answer to a request on `route` sent to `target` ended (see
-/// [`StreamEnd`]; `upstream_failed` is what upstream health counts). None yet: upstream health
-/// wires in here, e.g. `Some(Arc::new(move |end| if end.upstream_failed { … }))` capturing
-/// the endpoint index `target.endpoint`.
-fn end_hook(_route: &RouteState, _target: &Target) -> Option<StreamEndHook> {
-    None
+/// [`StreamEnd`]): an answer that failed in its body counts toward the endpoint's circuit, one
+/// that ended well ends a run of such failures.
+fn end_hook(route: &RouteState, target: &Target) -> Option<StreamEndHook> {
+    let endpoint = route.upstreams.endpoints().get(target.endpoint)?;
+    let health = endpoint.health.clone();
+    let circuit = route.upstreams.settings().circuit.clone();
+    Some(Arc::new(move |end: &StreamEnd| {
+        if end.upstream_failed {
+            health.report_body_failure(&circuit);
+        } else {
+            health.report_body_success();
+        }
+    }))
 }
 
 /// Prepares the upstream's answer for the client.

@@ -63,7 +63,9 @@ impl Transport {
 }
 
 /// Phase `pick_endpoint`: the endpoint a sealed, principal-bound session names (refused as
-/// unknown when it does not open, is another principal's or has expired), else round-robin.
+/// unknown when it does not open, is another principal's or has expired, and when that
+/// endpoint is ejected or unhealthy, so the client starts a new session instead of waiting on
+/// a dead one), else the next available endpoint round-robin.
 pub(crate) fn pick_endpoint(
     gw: &Gateway,
     route: &RouteState,
@@ -71,9 +73,24 @@ pub(crate) fn pick_endpoint(
     parts: &mut http::request::Parts,
     binding: &PrincipalHash,
 ) -> Result<Target, ProxyError> {
-    match route.config.transport {
-        Transport::StreamableHttp => streamable::pick_endpoint(gw, route, parts, binding),
-        Transport::Sse => legacy::pick_endpoint(gw, route, method, parts, binding),
+    let transport = route.config.transport;
+    let target = match transport {
+        Transport::StreamableHttp => streamable::pick_endpoint(gw, route, parts, binding)?,
+        Transport::Sse => legacy::pick_endpoint(gw, route, method, parts, binding)?,
+    };
+    if is_pinned(transport, method, &target) && !route.upstreams.serves_sessions(target.endpoint) {
+        tracing::info!(route = %route.path, "session pinned to an ejected or unhealthy endpoint; answered as unknown");
+        return Err(ProxyError::UnknownSession);
+    }
+    Ok(target)
+}
+
+/// Whether the request belongs to a session and so to its endpoint: a Streamable HTTP request
+/// with a session id, every legacy POST (its `sessionId` names the stream's endpoint).
+pub(crate) fn is_pinned(transport: Transport, method: &Method, target: &Target) -> bool {
+    match transport {
+        Transport::StreamableHttp => target.session.is_some(),
+        Transport::Sse => *method != Method::GET,
     }
 }
 

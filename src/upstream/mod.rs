@@ -5,21 +5,39 @@
 //! backend's `Mcp-Session-Id` with a short tag naming the endpoint that issued it. Any proxy
 //! instance can then route the session without shared memory, and reordering endpoints in the
 //! config does not break live sessions because the tag is derived from the endpoint's URL.
+//!
+//! Each endpoint carries its health ([`breaker`]: circuit breaker and passive ejection, and
+//! the verdict of the active checks of [`health`]); round-robin skips endpoints that are not
+//! available, and [`Upstreams::send`] retries only what [`retry`] calls safe. The health state
+//! lives in the proxy's [`HealthRegistry`] so that it survives reloads.
+
+pub mod breaker;
+pub mod health;
+pub mod registry;
+pub mod retry;
+mod send;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::Incoming;
+use http::{HeaderValue, Uri};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::certs::{self, CertError};
 use crate::http::Body;
+
+pub use breaker::{CircuitSettings, CircuitState, EndpointHealth, EndpointSnapshot};
+pub use health::HealthCheckSettings;
+pub use registry::HealthRegistry;
+pub use retry::RetrySettings;
+pub use send::{Outbound, Sent};
+
+/// The pooled client every route (and its health checks) uses.
+pub(crate) type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
 
 /// One upstream endpoint of a route.
 #[derive(Debug)]
@@ -30,6 +48,8 @@ pub struct Endpoint {
     pub host: HeaderValue,
     /// Stable affinity tag: 8 hex digits derived from the URL.
     pub tag: [u8; 8],
+    /// Circuit, ejection and health-check state (shared across reloads by the registry).
+    pub health: Arc<EndpointHealth>,
 }
 
 /// Why an upstream client could not be built.
@@ -50,10 +70,12 @@ pub enum UpstreamSetupError {
 
 /// Client, endpoints and selection state for one route.
 pub struct Upstreams {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: Client,
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
-    response_header_timeout: Duration,
+    settings: UpstreamSettings,
+    /// The route's retry budget (kept across reloads by the registry).
+    budget: Arc<retry::RetryBudget>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -84,13 +106,15 @@ impl Upstreams {
                 host: HeaderValue::from_str(authority)
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 tag,
+                health: Arc::new(EndpointHealth::new(uri)),
             });
         }
         Ok(Upstreams {
             client,
             endpoints,
             next: AtomicUsize::new(0),
-            response_header_timeout: settings.response_header_timeout,
+            settings: settings.clone(),
+            budget: Arc::default(),
         })
     }
 
@@ -99,9 +123,25 @@ impl Upstreams {
         &self.endpoints
     }
 
-    /// Next endpoint in round-robin order.
+    /// Next available endpoint in round-robin order (healthy, circuit not open). When none is
+    /// available, the plain round-robin choice: its circuit then answers 503 without
+    /// contacting it, rather than the proxy guessing which dead endpoint to try.
     pub fn pick(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.endpoints.len();
+        (0..n)
+            .map(|k| start.wrapping_add(k) % n)
+            .find(|&i| self.endpoints[i].health.available(&self.settings.circuit))
+            .unwrap_or(start % n)
+    }
+
+    /// The next available endpoint that is not in `tried`, for a retry.
+    fn pick_excluding(&self, tried: &[usize]) -> Option<usize> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.endpoints.len();
+        (0..n).map(|k| start.wrapping_add(k) % n).find(|i| {
+            !tried.contains(i) && self.endpoints[*i].health.available(&self.settings.circuit)
+        })
     }
 
     /// The endpoint with affinity tag `tag` (from a sealed session id).
@@ -109,38 +149,24 @@ impl Upstreams {
         self.endpoints.iter().position(|e| e.tag == *tag)
     }
 
-    /// Sends `req` and waits for the response head within the configured timeout. Failures are
-    /// logged here, with the request id and upstream URL, so a 502/504 can be traced.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
-        let uri = req.uri().clone();
-        let request_id = req
-            .headers()
-            .get(crate::http::headers::X_REQUEST_ID)
-            .cloned();
-        let rid = request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let result =
-            tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
-        let err = match result {
-            Ok(Ok(resp)) => return Ok(resp),
-            Err(_) => {
-                tracing::warn!(request_id = rid, upstream = %uri, timeout = ?self.response_header_timeout, "upstream response head timed out");
-                return Err(SendError::Timeout);
-            }
-            Ok(Err(e)) => e,
-        };
-        if has_cause::<http_body_util::LengthLimitError>(&err) {
-            return Err(SendError::BodyTooLarge);
+    /// Whether sessions pinned to endpoint `i` are still served (not ejected, not unhealthy).
+    pub fn serves_sessions(&self, i: usize) -> bool {
+        self.endpoints
+            .get(i)
+            .is_some_and(|e| e.health.serves_sessions())
+    }
+
+    /// Reports that the answer of endpoint `i`, whose head was relayed, failed in its body (a
+    /// stream that died mid-answer); counts toward its circuit. For the SSE relay.
+    pub fn report_body_failure(&self, i: usize) {
+        if let Some(e) = self.endpoints.get(i) {
+            e.health.report_body_failure(&self.settings.circuit);
         }
-        let timed_out = has_io_kind(&err, std::io::ErrorKind::TimedOut);
-        tracing::warn!(request_id = rid, upstream = %uri, error = %error_chain(&err), "upstream request failed");
-        Err(if timed_out {
-            SendError::Timeout
-        } else {
-            SendError::Unavailable
-        })
+    }
+
+    /// The route's upstream settings.
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
     }
 }
 
@@ -149,15 +175,18 @@ impl Upstreams {
 pub enum SendError {
     /// Connect or response head deadline passed.
     Timeout,
+    /// The endpoint's circuit is open (or it is unhealthy): nothing was sent.
+    CircuitOpen {
+        /// How long until the circuit lets a request through again.
+        retry_after: Duration,
+    },
     /// Connection or TLS failed, or the upstream closed the connection.
     Unavailable,
     /// The client's streamed request body went over the configured limit.
     BodyTooLarge,
 }
 
-fn build_client(
-    settings: &UpstreamSettings,
-) -> Result<Client<HttpsConnector<HttpConnector>, Body>, UpstreamSetupError> {
+fn build_client(settings: &UpstreamSettings) -> Result<Client, UpstreamSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?;
@@ -191,12 +220,14 @@ fn build_client(
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(settings.pool_idle_timeout)
-        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-        .build(connector))
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .build(connector),
+    )
 }
 
 /// 8 lower-case hex digits of FNV-1a over the URL: stable across processes and restarts,
@@ -255,6 +286,12 @@ pub struct UpstreamSettings {
     pub pool_max_idle_per_host: usize,
     /// TLS settings for `https://` upstreams.
     pub tls: Option<UpstreamTls>,
+    /// Circuit breaker (and passive ejection) of each endpoint.
+    pub circuit: CircuitSettings,
+    /// Safe retries and their budget.
+    pub retry: RetrySettings,
+    /// Active health check of each endpoint; `None`: off.
+    pub health_check: Option<HealthCheckSettings>,
 }
 
 /// TLS settings for HTTPS upstreams.

@@ -9,6 +9,7 @@ pub mod backends;
 pub mod cli;
 pub mod clock;
 pub mod dying;
+pub mod flaky;
 pub mod haproxy;
 pub mod https;
 pub mod idp;

@@ -10,6 +10,7 @@ mod listener;
 mod policy;
 mod routes;
 mod server;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

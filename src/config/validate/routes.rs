@@ -1,5 +1,6 @@
 //! `[[routes]]` and `[upstream]`: paths, upstream endpoints, Origin policy, and how each
-//! route's authentication fits the listener and the configured issuers.
+//! route's authentication fits the listener and the configured issuers (circuit, retry and
+//! health-check settings: [`super::upstream`]).
 
 use http::Uri;
 
@@ -306,6 +307,15 @@ fn route(
         ));
     }
 
+    let circuit = super::upstream::circuit(i, r.circuit.as_ref(), &defaults.circuit)?;
+    let retry = super::upstream::retry(i, r.retry.as_ref(), &defaults.retry)?;
+    let health_check = super::upstream::health_check(
+        i,
+        r.health_check.as_ref(),
+        &defaults.health_check,
+        &upstreams,
+    )?;
+
     Ok(Route {
         upstream_token_audience: r.upstream_token_audience,
         // Resolved over the `[limits]` defaults by `validate`.
@@ -327,6 +337,9 @@ fn route(
             pool_idle_timeout: defaults.pool_idle_timeout,
             pool_max_idle_per_host: defaults.pool_max_idle_per_host,
             tls,
+            circuit,
+            retry,
+            health_check,
         },
     })
 }
