@@ -62,6 +62,17 @@ fn summary(path: &Path, prepared: &Prepared, now: SystemTime) -> String {
         };
         let ups: Vec<String> = r.upstreams.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "route {} [{transport}] -> {}", r.path, ups.join(", "));
+        if !r.limits.is_empty() {
+            let _ = writeln!(out, "  limits per caller: {}", r.limits);
+        }
+    }
+    if let crate::limits::Store::Redis(redis) = &cfg.limits.store {
+        let _ = writeln!(
+            out,
+            "limits store: redis {} (while unreachable: {})",
+            redis.redacted_url(),
+            cfg.limits.on_store_failure.as_str()
+        );
     }
     if let Some(a) = &cfg.admin {
         let _ = writeln!(out, "admin: {}", a.bind);

@@ -234,6 +234,52 @@ transport = "sse"
 }
 
 #[test]
+fn summary_shows_limits_and_the_store_without_its_password() {
+    let fx = Fixture::new();
+    let config = fx.config(
+        r#"
+[listener]
+bind = "127.0.0.1:8443"
+public_url = "https://localhost:8443"
+
+[listener.tls]
+cert = "server.pem"
+key = "server.key"
+
+[limits]
+store = "redis"
+redis_url = "redis://:s3cret-pass@127.0.0.1:6379/1"
+on_store_failure = "closed"
+max_concurrent_requests = 16
+
+[[routes]]
+path = "/mcp"
+upstream = "http://127.0.0.1:9000/mcp"
+[routes.limits]
+requests_per_second = 20
+burst = 40
+[routes.limits.tools]
+"search_*" = { requests_per_second = 0.5, burst = 2 }
+"#,
+    );
+    let out = check_ok(&config);
+    assert!(
+        out.contains(
+            "  limits per caller: 20/s burst 40, 16 in flight, tool search_* 0.5/s burst 2"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("limits store: redis redis://…@127.0.0.1:6379/1 (while unreachable: closed)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("s3cret"),
+        "the password is never printed: {out}"
+    );
+}
+
+#[test]
 fn summary_counts_days_left_until_expiry() {
     let fx = Fixture::new();
     let now = support::clock::now();

@@ -81,6 +81,34 @@ impl RouteLimits {
     }
 }
 
+/// One line for `mcp-edge check`: `20/s burst 40, 16 in flight, 4 streams, tool search_* 1/s burst 5`.
+impl std::fmt::Display for RouteLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(r) = self.requests {
+            parts.push(format!("{}/s burst {}", r.per_second, r.burst));
+        }
+        if let Some(n) = self.max_concurrent_requests {
+            parts.push(format!("{n} in flight"));
+        }
+        if let Some(n) = self.max_open_streams {
+            parts.push(format!("{n} streams"));
+        }
+        for t in &self.tools {
+            parts.push(format!(
+                "tool {} {}/s burst {}",
+                t.pattern.as_str(),
+                t.rate.per_second,
+                t.rate.burst
+            ));
+        }
+        if parts.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// Where rate buckets live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
@@ -105,6 +133,18 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// How often an unreachable store is tried again.
     pub probe_interval: Duration,
+}
+
+impl RedisSettings {
+    /// The URL without its password, for output.
+    pub fn redacted_url(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://…@{}", &self.url[..scheme], &self.url[at + 1..])
+            }
+            _ => self.url.clone(),
+        }
+    }
 }
 
 /// What happens to rate checks while Redis does not answer.
