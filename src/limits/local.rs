@@ -70,7 +70,8 @@ impl Bucket {
 #[derive(Default)]
 struct RouteBuckets {
     requests: Option<Arc<Bucket>>,
-    tools: Vec<Arc<Bucket>>,
+    /// In the order of the route's tool rates, with the pattern that names each bucket.
+    tools: Vec<(String, Arc<Bucket>)>,
 }
 
 /// The local buckets of every route, in the order of [`super::Limits`]'s routes.
@@ -87,12 +88,18 @@ impl LocalBuckets {
         max_keys: usize,
         previous: Option<&LocalBuckets>,
     ) -> LocalBuckets {
-        let reuse = |path: &str, tool: Option<usize>, rate: Rate| -> Arc<Bucket> {
+        // A bucket is kept by route and pattern (not position: a reload may reorder the
+        // tools) when its quota is unchanged.
+        let reuse = |path: &str, tool: Option<&str>, rate: Rate| -> Arc<Bucket> {
             let old = previous
                 .and_then(|p| p.routes.iter().find(|(p, _)| &**p == path))
                 .and_then(|(_, b)| match tool {
                     None => b.requests.clone(),
-                    Some(i) => b.tools.get(i).cloned(),
+                    Some(pattern) => b
+                        .tools
+                        .iter()
+                        .find(|(p, _)| p == pattern)
+                        .map(|(_, b)| b.clone()),
                 });
             match old {
                 Some(b) if b.rate == rate => b,
@@ -107,8 +114,10 @@ impl LocalBuckets {
                     tools: l
                         .tools
                         .iter()
-                        .enumerate()
-                        .map(|(i, t)| reuse(path, Some(i), t.rate))
+                        .map(|t| {
+                            let pattern = t.pattern.as_str();
+                            (pattern.to_owned(), reuse(path, Some(pattern), t.rate))
+                        })
                         .collect(),
                 };
                 (path.clone(), buckets)
@@ -132,7 +141,7 @@ impl LocalBuckets {
         for b in buckets {
             let bucket = match b.tool {
                 None => route.requests.as_ref(),
-                Some(i) => route.tools.get(i),
+                Some(i) => route.tools.get(i).map(|(_, b)| b),
             };
             let Some(bucket) = bucket else { continue };
             if let Err(wait) = bucket.take(&key, self.max_keys)

@@ -201,3 +201,32 @@ fn retry_after_is_whole_seconds_rounded_up() {
     assert_eq!(r(1000).retry_after_secs(), 1);
     assert_eq!(r(1001).retry_after_secs(), 2);
 }
+
+#[tokio::test]
+async fn tool_buckets_follow_their_pattern_when_a_reload_reorders_them() {
+    let tools = |names: [&str; 2]| RouteLimits {
+        tools: names
+            .iter()
+            .map(|n| ToolRate {
+                pattern: Glob::new(*n),
+                rate: rate(0.1, 1),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let first = limits(tools(["search", "export"]), None);
+    first
+        .admit(ask("alice", &["search"], false))
+        .await
+        .expect("search");
+    let reordered = limits(tools(["export", "search"]), Some(&first));
+    let refusal = reordered
+        .admit(ask("alice", &["search"], false))
+        .await
+        .expect_err("search's bucket is still spent");
+    assert_eq!(refusal.tool.as_deref(), Some("search"));
+    reordered
+        .admit(ask("alice", &["export"], false))
+        .await
+        .expect("export's bucket was never touched");
+}
