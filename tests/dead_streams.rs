@@ -407,3 +407,47 @@ async fn answers_that_keep_dying_mid_stream_open_the_circuit() {
     let body: Value = serde_json::from_str(&text).expect("JSON-RPC error");
     assert_eq!(body["id"], 4, "{body}");
 }
+
+#[tokio::test]
+async fn a_json_answer_larger_than_the_buffer_is_relayed_whole() {
+    // 3 MiB in 64 KiB chunks: past the 1 MiB read-whole buffer it streams as it comes.
+    let chunk = vec![b' '; 64 * 1024];
+    let backend = dying::serve(move |_req, mut conn| {
+        let chunk = chunk.clone();
+        async move {
+            conn.raw(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            )
+            .await;
+            conn.chunk(br#"{"jsonrpc":"2.0","id":1,"result":{"pad":""#).await;
+            for _ in 0..48 {
+                conn.chunk(&chunk).await;
+            }
+            conn.chunk(br#""}}"#).await;
+            conn.end().await;
+            None
+        }
+    })
+    .await;
+    let proxy = proxy_for(backend.addr, "").await;
+    let resp = proxy
+        .client(true)
+        .post(proxy.url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .json(&call(json!(1)))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(PROMPTLY, resp.bytes())
+        .await
+        .expect("in time")
+        .expect("whole body");
+    let v: Value = serde_json::from_slice(&body).expect("the whole JSON answer");
+    assert_eq!(v["id"], 1);
+    assert_eq!(
+        v["result"]["pad"].as_str().map(str::len),
+        Some(48 * 64 * 1024)
+    );
+}

@@ -33,8 +33,10 @@ use super::authorize::Authorized;
 const MAX_FILTERED_ANSWER: usize = 16 * 1024 * 1024;
 
 /// Largest JSON answer to a POST read whole before its head is sent; larger ones are relayed
-/// as they come (and a failure past this point can only abort them).
-const MAX_BUFFERED_ANSWER: usize = 16 * 1024 * 1024;
+/// as they come (and a failure past this point can only abort them). Small, because every
+/// request in flight may hold this much: tool answers are mostly a few KiB, and 10,000 of
+/// them at 1 MiB is still a bounded 10 GiB worst case, where 16 MiB would not be.
+const MAX_BUFFERED_ANSWER: usize = 1024 * 1024;
 
 /// What the pipeline produced for a request that was not refused.
 pub(crate) enum Reply {
