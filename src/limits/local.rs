@@ -257,6 +257,13 @@ struct Held {
     stream: bool,
 }
 
+impl Permits {
+    /// Whether it holds no slot (nothing to give back).
+    pub fn is_empty(&self) -> bool {
+        self.held.is_none()
+    }
+}
+
 impl std::fmt::Debug for Permits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permits")

@@ -280,6 +280,8 @@ pub struct StoreStatus {
 /// The limits of every route, with their state (shared by all connections).
 #[derive(Default)]
 pub struct Limits {
+    /// Whether any route has a limit: most requests then skip the lookup.
+    any: bool,
     routes: Vec<(Arc<str>, RouteLimits)>,
     local: LocalBuckets,
     counters: Arc<Counters>,
@@ -325,6 +327,7 @@ impl Limits {
             },
         };
         Ok(Limits {
+            any: routes.iter().any(|(_, l)| !l.is_empty()),
             routes,
             local,
             counters: previous.map(|p| p.counters.clone()).unwrap_or_default(),
@@ -335,6 +338,9 @@ impl Limits {
 
     /// The limits of `route`, when it has any.
     pub fn route(&self, route: &str) -> Option<&RouteLimits> {
+        if !self.any {
+            return None;
+        }
         self.routes
             .iter()
             .find(|(path, _)| &**path == route)

@@ -192,7 +192,9 @@ impl Proxy {
             self.audit.as_deref(),
         )
         .await?;
-        ctx.log.hold(Box::new(permits));
+        if !permits.is_empty() {
+            ctx.log.hold(Box::new(permits));
+        }
         // Registered before forwarding, so the answer cannot reach the stream first.
         let registration =
             legacy::register_calls(&self.legacy, route, &parts, &authorized.calls.ids);
