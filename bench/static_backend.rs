@@ -1,10 +1,15 @@
-//! Minimal plain-HTTP backend for benchmarks: answers every POST with a fixed JSON-RPC result
-//! and every GET with an SSE stream of small events, so proxy overhead is measured without the
-//! cost of a real MCP server in the way.
+//! Minimal plain-HTTP backend for benchmarks: answers every POST with a fixed JSON-RPC result,
+//! `GET /healthz` with `200 ok`, and every other GET with an SSE stream of small events, so
+//! proxy overhead is measured without the cost of a real MCP server in the way.
 //!
-//! Usage: `cargo run --release --example static_backend -- 127.0.0.1:9100 [event_interval_ms]`
+//! Usage: `cargo run --release --example static_backend -- 127.0.0.1:9100 [event_interval_ms] [event_pad_bytes]`
+//!
+//! `event_pad_bytes` (default 0) adds a `pad` string of that many bytes to every event. A GET
+//! can override both for its own stream with the query `?every_ms=N&pad=N` (bench/soak.sh uses
+//! it to fill the buffers of a client that stops reading quickly).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +27,7 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:9100".into());
     let interval = Duration::from_millis(args.next().and_then(|s| s.parse().ok()).unwrap_or(1000));
+    let pad_bytes: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("static backend on {}", listener.local_addr()?);
     loop {
@@ -30,23 +36,39 @@ async fn main() -> std::io::Result<()> {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(
                 move |req: http::Request<hyper::body::Incoming>| async move {
-                    let resp: http::Response<Body> = if req.method() == http::Method::GET {
-                        let events = futures_util::stream::unfold(0u64, move |n| async move {
-                            tokio::time::sleep(interval).await;
-                            let ev = Bytes::from(format!("id: {n}\ndata: {{\"n\":{n}}}\n\n"));
-                            Some((Ok::<_, Infallible>(Frame::data(ev)), n + 1))
-                        });
-                        http::Response::builder()
-                            .header("content-type", "text/event-stream")
-                            .body(StreamBody::new(events).boxed_unsync())
-                            .unwrap_or_default()
-                    } else {
-                        let _ = req.into_body().collect().await;
-                        http::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(RESULT)).boxed_unsync())
-                            .unwrap_or_default()
-                    };
+                    let resp: http::Response<Body> =
+                        if req.method() == http::Method::GET && req.uri().path() == "/healthz" {
+                            http::Response::builder()
+                                .header("content-type", "text/plain")
+                                .body(Full::new(Bytes::from_static(b"ok")).boxed_unsync())
+                                .unwrap_or_default()
+                        } else if req.method() == http::Method::GET {
+                            let (interval, pad) = stream_params(req.uri(), interval, pad_bytes);
+                            let events = futures_util::stream::unfold(0u64, move |n| {
+                                let pad = pad.clone();
+                                async move {
+                                    tokio::time::sleep(interval).await;
+                                    let ev = if pad.is_empty() {
+                                        Bytes::from(format!("id: {n}\ndata: {{\"n\":{n}}}\n\n"))
+                                    } else {
+                                        Bytes::from(format!(
+                                            "id: {n}\ndata: {{\"n\":{n},\"pad\":\"{pad}\"}}\n\n"
+                                        ))
+                                    };
+                                    Some((Ok::<_, Infallible>(Frame::data(ev)), n + 1))
+                                }
+                            });
+                            http::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(StreamBody::new(events).boxed_unsync())
+                                .unwrap_or_default()
+                        } else {
+                            let _ = req.into_body().collect().await;
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(RESULT)).boxed_unsync())
+                                .unwrap_or_default()
+                        };
                     Ok::<_, Infallible>(resp)
                 },
             );
@@ -55,4 +77,18 @@ async fn main() -> std::io::Result<()> {
                 .await;
         });
     }
+}
+
+/// The event interval and padding of one stream: the defaults, or `every_ms` / `pad` from the
+/// query.
+fn stream_params(uri: &http::Uri, interval: Duration, pad_bytes: usize) -> (Duration, Arc<str>) {
+    let (mut interval, mut pad_bytes) = (interval, pad_bytes);
+    for pair in uri.query().unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("every_ms", v)) => interval = v.parse().map_or(interval, Duration::from_millis),
+            Some(("pad", v)) => pad_bytes = v.parse().unwrap_or(pad_bytes).min(1 << 20),
+            _ => {}
+        }
+    }
+    (interval, "x".repeat(pad_bytes).into())
 }
