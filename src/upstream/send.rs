@@ -54,22 +54,38 @@ impl Upstreams {
         let retry = &self.settings.retry;
         let circuit = &self.settings.circuit;
         let may_retry = !out.pinned && retry.max_retries > 0 && self.endpoints.len() > 1;
+        // Endpoints this request has been sent to, or passed over because their circuit or
+        // health check refused it.
         let mut tried: Vec<usize> = Vec::new();
+        let mut attempts = 0u32;
         let (mut endpoint, mut uri) = (first, out.uri.clone());
         loop {
             let ep = self.endpoint(endpoint)?;
-            if !ep.health.healthy() {
-                // Only a first attempt can land here (retries pick available endpoints): every
-                // endpoint is failing its health check.
-                let retry_after = (self.settings.health_check.as_ref())
-                    .map_or(Duration::from_secs(1), |c| c.interval);
-                return Err(SendError::CircuitOpen { retry_after });
-            }
-            let permit = match ep.health.admit(circuit) {
-                Ok(p) => p,
-                Err(wait) => {
-                    tracing::debug!(upstream = %ep.uri, "circuit open; answered without contacting the upstream");
-                    return Err(SendError::CircuitOpen { retry_after: wait });
+            let admitted = if ep.health.healthy() {
+                ep.health.admit(circuit)
+            } else {
+                Err((self.settings.health_check.as_ref())
+                    .map_or(Duration::from_secs(1), |c| c.interval))
+            };
+            let permit = match admitted {
+                Ok(permit) => permit,
+                Err(retry_after) => {
+                    // Nothing was sent: a sessionless request moves to another available
+                    // endpoint (it was chosen before the body was read, and may have been
+                    // ejected since); a pinned one has nowhere else to go.
+                    tried.push(endpoint);
+                    let next = (!out.pinned).then(|| self.pick_excluding(&tried)).flatten();
+                    match next.map(|n| (n, with_query(&self.endpoints[n].uri, out.uri.query()))) {
+                        Some((n, Ok(next_uri))) => {
+                            tracing::debug!(upstream = %ep.uri, next = %next_uri, "endpoint unavailable; choosing another");
+                            (endpoint, uri) = (n, next_uri);
+                            continue;
+                        }
+                        _ => {
+                            tracing::debug!(upstream = %ep.uri, "circuit open; answered without contacting the upstream");
+                            return Err(SendError::CircuitOpen { retry_after });
+                        }
+                    }
                 }
             };
             // Headers are copied only while a retry may still need them.
@@ -101,7 +117,8 @@ impl Upstreams {
             tried.push(endpoint);
             let safe = cause == Failure::Connect
                 || (out.method == Method::GET && cause == Failure::Broken);
-            let attempt = u32::try_from(tried.len() - 1).unwrap_or(u32::MAX);
+            let attempt = attempts;
+            attempts = attempts.saturating_add(1);
             if !may_retry || !safe || attempt >= retry.max_retries {
                 return Err(failed.error);
             }
@@ -195,5 +212,92 @@ fn with_query(base: &Uri, query: Option<&str>) -> Result<Uri, http::uri::Invalid
     match query {
         None => Ok(base.clone()),
         Some(q) => format!("{base}?{q}").parse(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{CircuitSettings, RetrySettings, UpstreamSettings};
+
+    fn settings() -> UpstreamSettings {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(2),
+            response_header_timeout: Duration::from_secs(2),
+            body_idle_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(10),
+            pool_max_idle_per_host: 4,
+            tls: None,
+            circuit: CircuitSettings {
+                failures: 1,
+                open_for: Duration::from_secs(60),
+                ..CircuitSettings::default()
+            },
+            retry: RetrySettings {
+                max_retries: 0,
+                ..RetrySettings::default()
+            },
+            health_check: None,
+        }
+    }
+
+    /// An HTTP/1.1 server on loopback answering every request `200 ok`.
+    async fn ok_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::http::full("ok")))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn outbound(uri: &Uri, pinned: bool) -> Outbound {
+        Outbound {
+            method: Method::POST,
+            uri: uri.clone(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+            pinned,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sessionless_request_chosen_for_an_endpoint_ejected_since_goes_to_another() {
+        let ok = ok_server().await;
+        let uris: Vec<Uri> = [
+            "http://127.0.0.1:9/mcp".to_owned(),
+            format!("http://{ok}/mcp"),
+        ]
+        .iter()
+        .map(|u| u.parse().expect("uri"))
+        .collect();
+        let ups = Upstreams::new(&uris, &settings()).expect("upstreams");
+        // Endpoint 0 was picked, then its circuit opened before the request was sent.
+        ups.report_body_failure(0);
+        assert!(!ups.endpoints()[0].health.serves_sessions(), "ejected");
+        let sent = ups
+            .send(outbound(&uris[0], false), 0)
+            .await
+            .expect("sent to the other endpoint");
+        assert_eq!(sent.endpoint, 1);
+        assert_eq!(sent.uri, uris[1]);
+        assert_eq!(sent.response.status(), 200);
+        // A pinned request has nowhere else to go.
+        let refused = ups.send(outbound(&uris[0], true), 0).await;
+        assert!(
+            matches!(refused, Err(SendError::CircuitOpen { .. })),
+            "{refused:?}"
+        );
     }
 }
