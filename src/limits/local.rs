@@ -133,7 +133,7 @@ impl LocalBuckets {
         ask: Ask<'_>,
         buckets: &[BucketRef<'_>],
     ) -> Result<(), LimitRefusal> {
-        let Some((_, route)) = self.routes.iter().find(|(p, _)| &**p == ask.route) else {
+        let Some((_, route)) = self.routes.iter().find(|(p, _)| **p == **ask.route) else {
             return Ok(());
         };
         let key = ask.key.to_owned();
@@ -191,7 +191,7 @@ impl Counters {
         if limits.max_concurrent_requests.is_none() && !counts_stream {
             return Ok(Permits::default());
         }
-        let key = (Arc::<str>::from(ask.route), ask.key.to_owned());
+        let key = (ask.route.clone(), ask.key.to_owned());
         let mut slot = self.slots.entry(key.clone()).or_default();
         if limits
             .max_concurrent_requests

@@ -254,8 +254,8 @@ impl LimitRefusal {
 /// What one request asks of the limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
-    /// The route's path.
-    pub route: &'a str,
+    /// The route's path (shared, so counting a request in flight copies no string).
+    pub route: &'a Arc<str>,
     /// The caller's key (identity label, or client address on anonymous routes).
     pub key: &'a str,
     /// The tool of each `tools/call` in the request.

@@ -16,8 +16,9 @@ fn limits(route: RouteLimits, previous: Option<&Limits>) -> Limits {
 }
 
 fn ask<'a>(key: &'a str, tools: &'a [&'a str], stream: bool) -> Ask<'a> {
+    static ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("/mcp"));
     Ask {
-        route: "/mcp",
+        route: &ROUTE,
         key,
         tools,
         stream,

@@ -36,7 +36,7 @@ impl PerIpLimit {
 
     /// Counts a new connection from `ip`, or returns `None` when that address is at the cap.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpPermit> {
-        let key = client_key(ip);
+        let key = crate::limits::client_address_key(ip);
         let mut open = self.lock();
         // A rejection never inserts, so only addresses holding connections have entries.
         match open.entry(key) {
@@ -60,7 +60,10 @@ impl PerIpLimit {
 
     /// Open connections counted for `ip` (for tests and diagnostics).
     pub fn open_from(&self, ip: IpAddr) -> usize {
-        self.lock().get(&client_key(ip)).copied().unwrap_or(0)
+        self.lock()
+            .get(&crate::limits::client_address_key(ip))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many addresses currently hold at least one connection.
@@ -84,12 +87,6 @@ impl Drop for PerIpPermit {
             }
         }
     }
-}
-
-/// The address a connection is counted under: the one anonymous callers are rate limited
-/// under too.
-fn client_key(ip: IpAddr) -> IpAddr {
-    crate::limits::client_address_key(ip)
 }
 
 #[cfg(test)]
