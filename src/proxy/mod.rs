@@ -54,6 +54,7 @@ use crate::limits::{Limits, StoreStatus};
 use crate::shutdown::Shutdown;
 use crate::sse::RelayBody;
 use crate::telemetry::Outcome;
+use crate::telemetry::trace::SpanSink;
 use crate::upstream::{EndpointSnapshot, HealthRegistry};
 use admit::Admission;
 use ctx::RequestCtx;
@@ -75,6 +76,8 @@ pub struct Proxy {
     audit: Option<Arc<AuditLog>>,
     legacy: Arc<LegacySessions>,
     shutdown: Shutdown,
+    /// Where sampled requests' spans go (OTLP with the `otel` feature); `None`: no spans.
+    spans: Option<Arc<dyn SpanSink>>,
 }
 
 impl Proxy {
@@ -95,7 +98,14 @@ impl Proxy {
             audit,
             legacy: Arc::new(LegacySessions::default()),
             shutdown,
+            spans: None,
         }
+    }
+
+    /// Exports the spans of sampled requests to `sink`.
+    pub fn with_span_sink(mut self, sink: Arc<dyn SpanSink>) -> Self {
+        self.spans = Some(sink);
+        self
     }
 
     /// Replaces the snapshot; requests already running keep the one they started with. The

@@ -1,32 +1,10 @@
-//! Logs: subscriber set-up and the access log (one structured line per request, written when
-//! the response has been fully sent, failed, or abandoned by the client).
+//! The access log: one structured line per request, written when the response has been
+//! fully sent, failed, or abandoned by the client.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use http::HeaderValue;
-use tracing_subscriber::EnvFilter;
-
-use crate::config::LogFormat;
-
-/// Installs the global subscriber. `RUST_LOG` overrides `level`.
-pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // try_init: a second call (tests, demo) keeps the first subscriber instead of panicking.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
