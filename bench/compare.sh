@@ -2,6 +2,7 @@
 # Before/after comparison of two mcp-edge builds, in one run, alternating: requests/s and proxy
 # CPU per request on two routes (open; token auth + origin + policy), HTTP/1.1 and h2.
 # Loopback only, bounded in count and time. Needs h2load (Debian nghttp2-client) and openssl.
+# Start-up (test PKI, ES256 issuer with a JWKS file, token, config) is bench/lib/common.sh's.
 #
 #   bash bench/compare.sh BEFORE_BIN AFTER_BIN [STATIC_BACKEND_BIN]
 #   ROUNDS=5 N=20000 C=32 M=10 bash bench/compare.sh target-a/release/mcp-edge target-b/release/mcp-edge
@@ -38,78 +39,21 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 BACKEND=127.0.0.1:${BACKEND_PORT:-19200}
-DEMO_PORT=${DEMO_PORT:-18543}
 PORT_BEFORE=${PORT_BEFORE:-18544}
 PORT_AFTER=${PORT_AFTER:-18545}
 # Both proxies claim the same public_url, so one token (aud = public_url + /mcp) fits both.
 PUBLIC=https://localhost:$PORT_BEFORE
-ISS=https://idp.bench.example
-ORIGIN=https://app.example.com
 
 "$BACKEND_BIN" "$BACKEND" 1000 2>/dev/null & pids+=($!)
 
-# Dev PKI from the demo (as bench/run.sh), then the demo is stopped: it is not part of the load.
-"$BEFORE" demo --bind 127.0.0.1:$DEMO_PORT --data-dir "$work/demo" >"$work/demo.out" 2>"$work/demo.err" &
-demo_pid=$!; pids+=($demo_pid)
-for _ in $(seq 150); do grep -q "is running" "$work/demo.out" 2>/dev/null && break; sleep 0.1; done
-[ -s "$work/demo/server.pem" ] || { echo "demo did not write its PKI" >&2; cat "$work/demo.err" >&2; exit 1; }
-kill "$demo_pid"; wait "$demo_pid" 2>/dev/null || true
-
-# ES256 issuer: P-256 key pair, public key PEM for the proxy, one JWT signed with openssl.
-openssl ecparam -name prime256v1 -genkey -noout -out "$work/issuer.key" 2>/dev/null
-openssl ec -in "$work/issuer.key" -pubout -out "$work/issuer.pub.pem" 2>/dev/null
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-now=$(date +%s)
-hdr=$(printf '%s' '{"alg":"ES256","typ":"JWT"}' | b64url)
-pay=$(printf '{"iss":"%s","aud":"%s/mcp","sub":"bench-user","org":"acme","scope":"mcp:tools","iat":%d,"exp":%d}' \
-  "$ISS" "$PUBLIC" "$now" $((now + 10 * 365 * 86400)) | b64url)
-printf '%s.%s' "$hdr" "$pay" >"$work/signing-input"
-openssl dgst -sha256 -sign "$work/issuer.key" -out "$work/sig.der" "$work/signing-input"
-# DER ECDSA-Sig-Value -> raw r||s (32 bytes each), as JWS wants.
-rs=$(openssl asn1parse -inform DER -in "$work/sig.der" | awk -F: '/INTEGER/{print $NF}')
-raw=$(for v in $rs; do printf '%064s' "$v" | tr ' ' 0; done)
-sig=$(printf '%s' "$raw" | xxd -r -p | b64url)
-TOKEN="$hdr.$pay.$sig"
-
+# Test PKI, ES256 issuer (JWKS file), token and the config under test: bench/lib/common.sh, as
+# bench/run.sh. Route /open: no auth; route /mcp: token + Origin + policy.
+source "$(dirname "$0")/lib/common.sh"
+export BENCH_PUBLIC=$PUBLIC
+bench_pki "$work/pki"
+ORIGIN=$BENCH_ORIGIN
 config() { # port
-  cat <<TOML
-[listener]
-bind = "127.0.0.1:$1"
-public_url = "$PUBLIC"
-allowed_hosts = ["localhost", "127.0.0.1"]
-max_connections = 5000
-[listener.tls]
-cert = "$work/demo/server.pem"
-key = "$work/demo/server.key"
-[upstream]
-pool_max_idle_per_host = 512
-[log]
-level = "warn"
-[auth]
-organisation_claim = "org"
-[[auth.issuers]]
-issuer = "$ISS"
-algorithms = ["ES256"]
-pem_keys = ["$work/issuer.pub.pem"]
-
-[[routes]]
-path = "/open"
-upstream = "http://$BACKEND/mcp"
-
-[[routes]]
-path = "/mcp"
-upstream = "http://$BACKEND/mcp"
-allowed_origins = ["$ORIGIN"]
-[routes.auth]
-require = "token"
-scopes = ["mcp:tools"]
-[routes.policy]
-methods = ["initialize", "ping", "notifications/*", "tools/*", "resources/*"]
-[[routes.policy.rules]]
-name = "bench"
-allow_tools = ["add"]
-resource_prefixes = ["memory://{org}/"]
-TOML
+  bench_edge_config "$1" "$BACKEND" "$work/pki" "$work/pki/jwks.json"
 }
 config "$PORT_BEFORE" >"$work/before.toml"
 config "$PORT_AFTER" >"$work/after.toml"
@@ -118,13 +62,10 @@ config "$PORT_AFTER" >"$work/after.toml"
 
 "$BEFORE" run --config "$work/before.toml" 2>"$OUT/proxy-before.err" & pids+=($!); PID_before=$!
 "$AFTER" run --config "$work/after.toml" 2>"$OUT/proxy-after.err" & pids+=($!); PID_after=$!
-for port in "$PORT_BEFORE" "$PORT_AFTER"; do
-  for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+for port in "$PORT_BEFORE" "$PORT_AFTER"; do bench_wait_port "$port"; done
 
-printf '%s' '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}' >"$work/body.json"
-H=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream'
-   -H 'mcp-protocol-version: 2026-07-28' -H 'mcp-method: tools/call' -H 'mcp-name: add')
+printf '%s' "$BENCH_BODY" >"$work/body.json"
+H=("${BENCH_H[@]}")
 H_AUTH=(-H "authorization: Bearer $TOKEN" -H "origin: $ORIGIN")
 
 url() { # build scenario
@@ -137,7 +78,7 @@ load_args() { # scenario proto
   [ "$2" = h1 ] && a+=(--h1) || a+=(-m "$M")
   printf '%s\n' "${a[@]}"
 }
-ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }  # utime+stime (fields 14, 15)
+ticks() { bench_ticks "$1"; }  # utime+stime (fields 14, 15)
 HZ=$(getconf CLK_TCK)
 
 # Every request must succeed on every build before anything is timed.
@@ -197,7 +138,7 @@ echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| scenario | protocol | before req/s | after req/s | after/before | before CPU µs/req | after CPU µs/req | after/before |"
 echo "|---|---|---|---|---|---|---|---|"
-median() { sort -g | awk '{v[NR]=$1} END{ if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2 }'; }
+median() { bench_median; }
 for s in open auth; do
   for p in h1 h2; do
     col() { awk -F'\t' -v s="$s" -v p="$p" -v b="$1" -v c="$2" '$2==s && $3==p && $4==b {print $c}' "$OUT/raw.tsv" | median; }

@@ -6,7 +6,9 @@
 //!
 //! `event_pad_bytes` (default 0) adds a `pad` string of that many bytes to every event. A GET
 //! can override both for its own stream with the query `?every_ms=N&pad=N` (bench/soak.sh uses
-//! it to fill the buffers of a client that stops reading quickly).
+//! it to fill the buffers of a client that stops reading quickly). With `ts=1` in the query every
+//! event also carries `"t":<send time, µs since the Unix epoch>` (bench/run.sh measures the
+//! latency each proxy adds per event with it).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -43,12 +45,21 @@ async fn main() -> std::io::Result<()> {
                                 .body(Full::new(Bytes::from_static(b"ok")).boxed_unsync())
                                 .unwrap_or_default()
                         } else if req.method() == http::Method::GET {
-                            let (interval, pad) = stream_params(req.uri(), interval, pad_bytes);
+                            let (interval, pad, stamp) =
+                                stream_params(req.uri(), interval, pad_bytes);
                             let events = futures_util::stream::unfold(0u64, move |n| {
                                 let pad = pad.clone();
                                 async move {
                                     tokio::time::sleep(interval).await;
-                                    let ev = if pad.is_empty() {
+                                    let ev = if stamp {
+                                        let t = std::time::SystemTime::now()
+                                            .duration_since(std::time::UNIX_EPOCH)
+                                            .map_or(0, |d| d.as_micros());
+                                        Bytes::from(format!(
+                                            "id: {n}\ndata: {{\"n\":{n},\"t\":{t}{}}}\n\n",
+                                            if pad.is_empty() { String::new() } else { format!(",\"pad\":\"{pad}\"") }
+                                        ))
+                                    } else if pad.is_empty() {
                                         Bytes::from(format!("id: {n}\ndata: {{\"n\":{n}}}\n\n"))
                                     } else {
                                         Bytes::from(format!(
@@ -79,16 +90,21 @@ async fn main() -> std::io::Result<()> {
     }
 }
 
-/// The event interval and padding of one stream: the defaults, or `every_ms` / `pad` from the
-/// query.
-fn stream_params(uri: &http::Uri, interval: Duration, pad_bytes: usize) -> (Duration, Arc<str>) {
-    let (mut interval, mut pad_bytes) = (interval, pad_bytes);
+/// The event interval, padding and send-time stamp of one stream: the defaults, or `every_ms` /
+/// `pad` / `ts` from the query.
+fn stream_params(
+    uri: &http::Uri,
+    interval: Duration,
+    pad_bytes: usize,
+) -> (Duration, Arc<str>, bool) {
+    let (mut interval, mut pad_bytes, mut stamp) = (interval, pad_bytes, false);
     for pair in uri.query().unwrap_or("").split('&') {
         match pair.split_once('=') {
             Some(("every_ms", v)) => interval = v.parse().map_or(interval, Duration::from_millis),
             Some(("pad", v)) => pad_bytes = v.parse().unwrap_or(pad_bytes).min(1 << 20),
+            Some(("ts", v)) => stamp = v == "1",
             _ => {}
         }
     }
-    (interval, "x".repeat(pad_bytes).into())
+    (interval, "x".repeat(pad_bytes).into(), stamp)
 }
