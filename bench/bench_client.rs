@@ -165,21 +165,19 @@ struct StreamResult {
     events_in_window: u64,
     max_gap_us: u64,
     ended_early: bool,
+    open_retries: u32,
     lat: Vec<u32>,
 }
 
-async fn sse_stream(
-    t: Arc<Target>,
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One stream's connection and request, up to the response head (60 s at most).
+async fn open_stream(
+    t: &Target,
     cfg: Arc<rustls::ClientConfig>,
-    headers: Arc<Vec<(String, String)>>,
-    open_gate: Arc<Semaphore>,
-    window: Arc<(AtomicU64, AtomicU64)>,
-    opened: tokio::sync::mpsc::UnboundedSender<bool>,
-    stop: tokio_util::sync::CancellationToken,
-) -> StreamResult {
-    let mut r = StreamResult::default();
-    let permit = open_gate.acquire_owned().await.ok();
-    let res = tokio::time::timeout(Duration::from_secs(60), async {
+    headers: &[(String, String)],
+) -> Result<http::Response<hyper::body::Incoming>, BoxError> {
+    tokio::time::timeout(Duration::from_secs(60), async {
         let tcp = TcpStream::connect(&t.addr).await?;
         tcp.set_nodelay(true)?;
         let mut req = http::Request::get(t.path.as_str())
@@ -200,10 +198,34 @@ async fn sse_stream(
             tokio::spawn(conn);
             send.send_request(req).await?
         };
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp)
+        Ok::<_, BoxError>(resp)
     })
     .await
-    .unwrap_or_else(|_| Err("timed out opening the stream".into()));
+    .unwrap_or_else(|_| Err("timed out opening the stream".into()))
+}
+
+async fn sse_stream(
+    t: Arc<Target>,
+    cfg: Arc<rustls::ClientConfig>,
+    headers: Arc<Vec<(String, String)>>,
+    open_gate: Arc<Semaphore>,
+    window: Arc<(AtomicU64, AtomicU64)>,
+    opened: tokio::sync::mpsc::UnboundedSender<bool>,
+    stop: tokio_util::sync::CancellationToken,
+) -> StreamResult {
+    let mut r = StreamResult::default();
+    let permit = open_gate.acquire_owned().await.ok();
+    // A connection that fails before any answer (a reset while connecting, say) is tried
+    // again, twice at most; the retries are counted and reported, a third failure is final.
+    let mut res = open_stream(&t, cfg.clone(), &headers).await;
+    for _ in 0..2 {
+        if res.is_ok() {
+            break;
+        }
+        r.open_retries += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        res = open_stream(&t, cfg.clone(), &headers).await;
+    }
     drop(permit);
     let resp = match res {
         Ok(resp) => resp,
@@ -323,6 +345,7 @@ async fn sse(a: Args) {
             results.push(r);
         }
     }
+    let retries: u32 = results.iter().map(|r| r.open_retries).sum::<u32>();
     for r in &results {
         if !r.opened {
             continue;
@@ -344,7 +367,7 @@ async fn sse(a: Args) {
         "{{\"streams_ok\":{ok},\"streams_failed\":{failed},\"open_secs\":{open_secs:.2},\"window_secs\":{secs:.2},\
          \"events\":{events},\"events_per_s\":{:.0},\"min_events_per_stream\":{min_events},\"ended_early\":{early},\
          \"lat_us_p50\":{},\"lat_us_p90\":{},\"lat_us_p99\":{},\"lat_us_p999\":{},\"lat_us_max\":{},\
-         \"max_gap_us_p99\":{},\"max_gap_us\":{max_gap},\"client_cpu_pct\":{:.0}}}",
+         \"max_gap_us_p99\":{},\"max_gap_us\":{max_gap},\"client_cpu_pct\":{:.0},\"open_retries\":{retries}}}",
         events as f64 / secs,
         pct(&lat, 50.0),
         pct(&lat, 90.0),

@@ -370,6 +370,16 @@ fi
 
 # ── 3. SSE per-event latency ──────────────────────────────────────────────────────────────
 SSE_H=(-H "authorization: Bearer $TOKEN" -H "origin: $BENCH_ORIGIN" -H "mcp-protocol-version: 2026-07-28")
+# wait_ready OUT PID: until bench_client printed READY (3 min at most, or until it is gone).
+wait_ready() {
+  local i
+  for ((i = 0; i < 1800; i++)); do
+    grep -q '^READY' "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep 0.2; grep -q '^READY' "$1" 2>/dev/null
+}
 # sse_run TARGET STREAMS QUERY HOLD [TAG] -> JSON line of bench_client, plus "ticks rss" in $work/sse-TAG.proc
 sse_run() {
   local t=$1 n=$2 q=$3 hold=$4 tag=${5:-x} pp out t0 t1 rss i
@@ -378,8 +388,7 @@ sse_run() {
   "${LD[@]}" "$CLIENT" sse "$(sse_url "$t" "$q")" --streams "$n" --hold "$hold" --settle "$(awk -v n="$n" -v q="$QUICK" 'BEGIN{print (n >= 1000 ? (q ? 1 : 2) : 0.5)}')" --ca "$work/pki/ca.pem" "${SSE_H[@]}" \
     >"$out" 2>"$out.err" &
   local cp=$!
-  for i in $(seq 1200); do grep -q '^READY' "$out" 2>/dev/null && break; kill -0 "$cp" 2>/dev/null || break; sleep 0.1; done
-  grep -q '^READY' "$out" || die "bench_client sse via $t ($n streams) never got ready: $(tail -3 "$out.err")"
+  wait_ready "$out" "$cp" || die "bench_client sse via $t ($n streams) never got ready: $(tail -3 "$out.err")"
   t0=$(bench_ticks $pp); sleep "$hold"; t1=$(bench_ticks $pp); rss=$(bench_rss $pp)
   wait "$cp" || die "bench_client sse via $t failed: $(tail -3 "$out.err")"
   echo "$((t1 - t0)) $rss" >"$out.proc"
@@ -396,7 +405,8 @@ if want sse; then
       hold=$SSE_HOLD; [ "$name" = saturation ] && hold=$SAT_HOLD
       for t in $(alternate "$r" direct nginx edge); do
         j=$(sse_run "$t" "$n" "ts=1&$q" "$hold" "$name")
-        read -r ok eps p50 p99 p999 early ev ccpu < <(jget "$j" streams_ok events_per_s lat_us_p50 lat_us_p99 lat_us_p999 ended_early events client_cpu_pct)
+        read -r ok eps p50 p99 p999 early ev ccpu retr < <(jget "$j" streams_ok events_per_s lat_us_p50 lat_us_p99 lat_us_p999 ended_early events client_cpu_pct open_retries)
+        RETRIES=$(( ${RETRIES:-0} + retr ))
         (( ok == n && early == 0 )) || die "SSE $name via $t: $ok of $n streams opened, $early ended early"
         read -r tk _ <"$work/sse-$name-$t-$n.out.proc"
         cpe=$( [ "$t" = direct ] && echo nan || us_per "$tk" "$ev")
@@ -435,8 +445,7 @@ if [ -n "$SWEEP" ]; then
       "${LD[@]}" "$CLIENT" sse "$(sse_url "$t" 'ts=1&every_ms=1000')" --streams "$n" --hold "$hold" --settle 1.5 \
         --ca "$work/pki/ca.pem" "${SSE_H[@]}" >"$out" 2>"$out.err" &
       cp=$!
-      for i in $(seq 1800); do grep -q '^READY' "$out" 2>/dev/null && break; kill -0 "$cp" 2>/dev/null || break; sleep 0.1; done
-      grep -q '^READY' "$out" || die "bench_client: $n streams via $t never got ready: $(tail -3 "$out.err")"
+      wait_ready "$out" "$cp" || die "bench_client: $n streams via $t never got ready: $(tail -3 "$out.err")"
       t0=$(bench_ticks $pp); sleep "$SWEEP_HOLD"; t1=$(bench_ticks $pp); rss=$(bench_rss $pp)
       # Request latency with the streams open: h2load --rps, 4 connections x 50 req/s, h1.
       rm -f "$work/probe-$t-$n.log"
@@ -445,7 +454,8 @@ if [ -n "$SWEEP" ]; then
       read -r q50 q99 _ qn < <(log_pcts "$work/probe-$t-$n.log")
       wait "$cp" || die "bench_client via $t ($n streams) failed: $(tail -3 "$out.err")"
       j=$(tail -1 "$out")
-      read -r ok early mine eps p50 p99 gap ev < <(jget "$j" streams_ok ended_early min_events_per_stream events_per_s lat_us_p50 lat_us_p99 max_gap_us_p99 events)
+      read -r ok early mine eps p50 p99 gap ev retr < <(jget "$j" streams_ok ended_early min_events_per_stream events_per_s lat_us_p50 lat_us_p99 max_gap_us_p99 events open_retries)
+      RETRIES=$(( ${RETRIES:-0} + retr ))
       if [ "$t" = direct ]; then rss=nan; per=nan; cpu=nan; cpe=nan
       else
         per=$(awk -v a="$rss" -v b="${BASE[$t]}" -v n="$n" 'BEGIN{printf "%.1f", (a-b)/n}')
@@ -768,6 +778,7 @@ if want observability; then
   } >>"$SECTION"
 fi
 
+{ echo; echo "Stream opens that bench_client had to retry (a connection failing before any answer; two retries allowed, a third failure stops the run): ${RETRIES:-0}."; } >>"$SECTION"
 { echo; echo "Raw data of this run stayed in \`$work\` (not committed)."; } >>"$SECTION"
 cat "$SECTION" >>"$OUTFILE"
 echo

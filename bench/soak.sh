@@ -39,7 +39,6 @@ done
 if (( QUICK )); then DURATION=${DURATION:-60}; WARMUP=${WARMUP:-10}; else DURATION=${DURATION:-300}; WARMUP=${WARMUP:-30}; fi
 QUIET=${QUIET:-20}          # seconds after the load stops (pool_idle_timeout is 10s)
 PROXY_PORT=${PROXY_PORT:-18644}
-DEMO_PORT=${DEMO_PORT:-18643}
 PORT_A=${PORT_A:-19301}
 PORT_B=${PORT_B:-19302}
 ADMIN_PORT=${ADMIN_PORT:-19309}
@@ -64,12 +63,10 @@ trap 'exit 130' INT TERM
 phase() { echo "$1" >"$work/phase"; }
 phase idle
 
-# Dev PKI from the demo (as bench/run.sh); the demo is stopped before anything is measured.
-"$BIN" demo --bind 127.0.0.1:$DEMO_PORT --data-dir "$work/demo" >"$work/demo.out" 2>"$work/demo.err" &
-demo_pid=$!; pids+=($demo_pid)
-for _ in $(seq 150); do grep -q "is running" "$work/demo.out" 2>/dev/null && break; sleep 0.1; done
-[ -s "$work/demo/server.pem" ] || { echo "demo did not write its PKI" >&2; cat "$work/demo.err" >&2; exit 1; }
-kill "$demo_pid"; wait "$demo_pid" 2>/dev/null || true
+# Test PKI (bench/lib/common.sh, as bench/run.sh): CA and ECDSA P-256 server certificate.
+source bench/lib/common.sh
+export BENCH_PUBLIC=https://localhost:$PROXY_PORT
+bench_pki "$work/pki"
 
 "$BACKEND" 127.0.0.1:$PORT_A "${BACKEND_ARGS[@]}" 2>/dev/null & pids+=($!)
 
@@ -80,8 +77,8 @@ public_url = "https://localhost:$PROXY_PORT"
 allowed_hosts = ["localhost", "127.0.0.1"]
 max_connections = 2000
 [listener.tls]
-cert = "$work/demo/server.pem"
-key = "$work/demo/server.key"
+cert = "$work/pki/server.pem"
+key = "$work/pki/server.key"
 [admin]
 bind = "127.0.0.1:$ADMIN_PORT"
 [upstream]
@@ -113,7 +110,7 @@ TOML
 "$BIN" check --config "$work/proxy.toml" >"$work/check.out" 2>&1 || { cat "$work/check.out" >&2; exit 1; }
 "$BIN" run --config "$work/proxy.toml" 2>"$work/proxy.log" & pids+=($!)
 PROXY_PID=$!
-for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/$PROXY_PORT) 2>/dev/null && break; sleep 0.1; done
+bench_wait_port "$PROXY_PORT"
 
 # Backend b flaps: up 5-10 s, SIGKILL, down 1-4 s. flap.log gets "<epoch> up|down" lines.
 flapper() {
@@ -131,9 +128,8 @@ flapper() {
 flapper & pids+=($!)
 sleep 1
 
-printf '%s' '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}' >"$work/body.json"
-H=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream'
-   -H 'mcp-protocol-version: 2026-07-28' -H 'mcp-method: tools/call' -H 'mcp-name: add')
+printf '%s' "$BENCH_BODY" >"$work/body.json"
+H=("${BENCH_H[@]}")
 URL=https://127.0.0.1:$PROXY_PORT/mcp
 # Smoke test: one call answers 2xx through the proxy.
 code=$(curl -sk -o /dev/null -w '%{http_code}' "${H[@]}" --data-binary @"$work/body.json" "$URL")

@@ -163,7 +163,8 @@ bench_machine() {
   echo "$(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
 }
 
-# The commit measured: short HEAD, plus "+dirty" when src/, bench/ or Cargo files differ from it.
+# The commit measured: short HEAD, plus "+dirty" when src/, bench/ (but RESULTS.md) or the Cargo
+# files differ from it.
 bench_commit() {
-  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty')"
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench Cargo.toml Cargo.lock ':!bench/RESULTS.md' 2>/dev/null || echo '+dirty')"
 }
