@@ -605,6 +605,10 @@ echo "**Machine.** $(bench_machine); load average $START_LOAD at the start, $END
 echo "(\`/proc/loadavg\`; anything above ~0.5 before the run means other work shared the cores)."
 echo "**Commit** \`$(bench_commit)\` ($(git rev-parse --abbrev-ref HEAD)); $(nginx -v 2>&1 | sed 's#nginx version: ##'), $(wrk -v 2>&1 | head -1 | awk '{print $1" "$2}'), h2load $(h2load --version 2>&1 | awk '/h2load/{print $2; exit}'); release build (\`debug = \"line-tables-only\"\`)."
 echo "**Started** $STARTED UTC, $ELAPSED s. **Core layout:** $LAYOUT."
+if awk -v a="${START_LOAD%% *}" -v b="${END_LOAD%% *}" 'BEGIN{exit !(a > 1.0 || b > 1.5)}'; then
+  echo "**Shared machine:** load average ${START_LOAD%% *} at the start, ${END_LOAD%% *} at the end on $(nproc) CPUs: other work"
+  echo "ran beside the benchmark, so the figures are noisy; not for publishing."
+fi
 echo
 echo "mcp-edge: route \`/mcp\` with ES256 JWT auth (\`jwks_file\`, scope \`mcp:tools\`), \`allowed_origins\`,"
 echo "Streamable HTTP inspection and one policy rule (\`allow_tools = [\"add\"]\`); \`log.level = \"warn\"\`."
