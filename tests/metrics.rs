@@ -578,7 +578,10 @@ async fn documented_families_are_the_served_ones() {
     }
     let s = setup("").await;
     let member = s.idp.token("/mcp", serde_json::json!({"role": "member"}));
-    assert_eq!(post(&s, "/mcp", Some(&member), call(1, "echo"), &[]).await, 200);
+    assert_eq!(
+        post(&s, "/mcp", Some(&member), call(1, "echo"), &[]).await,
+        200
+    );
     let text = scrape_classic(&s).await;
     let served: Vec<&str> = text
         .lines()
