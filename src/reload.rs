@@ -345,6 +345,8 @@ fn fixed_at_start(started: &Config, new: &Config) -> Vec<&'static str> {
         "[audit]",
         format!("{:?}", new.audit) != format!("{:?}", started.audit),
     );
+    // Series are per process: which are recorded and how they are labelled is set at start.
+    check("[metrics]", new.metrics != started.metrics);
     check(
         "certs.watch / certs.rescan_interval",
         new.certs.watch != started.certs.watch

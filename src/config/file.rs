@@ -7,10 +7,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod limits;
+mod metrics;
 
 pub use crate::auth::identity::RequireAuth;
 pub use crate::auth::mtls::ClientAuthMode;
 pub use limits::{LimitStoreKind, LimitsFile, RouteLimitsFile, ToolLimitFile};
+pub use metrics::MetricsFile;
 
 /// Top level of `mcp-edge.toml`.
 #[derive(Debug, Deserialize)]
@@ -46,6 +48,9 @@ pub struct ConfigFile {
     /// `[log]`
     #[serde(default)]
     pub log: LogFile,
+    /// `[metrics]`: which series are recorded and how they are labelled.
+    #[serde(default)]
+    pub metrics: MetricsFile,
     /// `[auth]`
     #[serde(default)]
     pub auth: AuthFile,

@@ -7,6 +7,7 @@ mod auth;
 mod certs;
 mod limits;
 mod listener;
+mod metrics;
 mod policy;
 mod routes;
 mod server;
@@ -50,6 +51,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         route.limits = l;
     }
     let log = server::log(file.log)?;
+    let metrics = metrics::metrics(file.metrics)?;
     Ok(Config {
         source: None,
         listener,
@@ -65,6 +67,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         auth,
         limits,
         log,
+        metrics,
         routes,
     })
 }
