@@ -69,6 +69,9 @@ C=${C:-32}; M=${M:-10}
 PIN=${PIN:-0}
 
 bench_need h2load:nghttp2-client wrk:wrk nginx:nginx openssl:openssl xxd:xxd curl:curl python3:python3
+# build.rs records the commit (and rebuilds when HEAD moves); pinning it to the last commit that
+# changed the code keeps a commit of results or bench/ files from costing a full rebuild.
+export MCP_EDGE_COMMIT=${MCP_EDGE_COMMIT:-$(git log -1 --format=%h --abbrev=12 -- src Cargo.toml Cargo.lock build.rs 2>/dev/null)}
 cargo build --release --quiet --bin mcp-edge --example static_backend --example bench_client
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release/mcp-edge
@@ -764,17 +767,23 @@ if want observability; then
   echo
   echo "### Observability cost (issue 11): mcp-edge CPU per request, scenario 1 load (medians of $orounds × ${DUR}s)"
   echo
+  # Cost = CPU per request over the baseline: metrics off when this build has the key, else on.
+  basev=edge; [[ " ${obs_targets[*]} " == *" edge-metrics-off "* ]] && basev=edge-metrics-off
   if (( orounds )); then
-  echo "| protocol | variant | req/s | CPU µs/req | vs metrics on |"
-  echo "|---|---|---|---|---|"
+  echo "Cost = CPU per request ÷ the baseline's − 1 (baseline: $( [ "$basev" = edge ] && echo "metrics on" || echo "metrics off")); \"paired\" is the"
+  echo "median of the per-round ratios (the two runs of a round are seconds apart)."
+  echo
+  echo "| protocol | variant | req/s | CPU µs/req | cost (medians) | cost (paired) |"
+  echo "|---|---|---|---|---|---|"
   fi
   (( orounds )) && for p in h1 h2; do
-    base=$(awk -F'\t' -v p="$p" '$2==p && $3=="edge" {print $7}' "$work/obs.tsv" | bench_median)
+    base=$(awk -F'\t' -v p="$p" -v b="$basev" '$2==p && $3==b {print $7}' "$work/obs.tsv" | bench_median)
     for t in "${obs_targets[@]}"; do
       rps=$(awk -F'\t' -v p="$p" -v t="$t" '$2==p && $3==t {print $4}' "$work/obs.tsv" | bench_median)
       us=$(awk -F'\t' -v p="$p" -v t="$t" '$2==p && $3==t {print $7}' "$work/obs.tsv" | bench_median)
+      paired=$(awk -F'\t' -v p="$p" -v t="$t" -v b="$basev" '$2==p && $3==t {v[$1]=$7} $2==p && $3==b {w[$1]=$7} END{for (r in v) if (w[r] > 0) print v[r]/w[r]}' "$work/obs.tsv" | bench_median)
       name=$t; [ "$t" = edge ] && name="metrics on (default)"; [ "$t" = edge-metrics-off ] && name="metrics off"; [ "$t" = edge-otel ] && name="metrics on + OTLP traces, sample_ratio 1.0"
-      echo "| $p | $name | $(fmt0 "$rps") | $(fmt1 "$us") | $(awk -v a="$us" -v b="$base" 'BEGIN{printf "%+.1f%%", (a/b-1)*100}') |"
+      echo "| $p | $name | $(fmt0 "$rps") | $(fmt1 "$us") | $(awk -v a="$us" -v b="$base" 'BEGIN{printf "%+.1f%%", (a/b-1)*100}') | $(awk -v a="$paired" 'BEGIN{printf "%+.1f%%", (a-1)*100}') |"
     done
   done
   [ -n "${OTLP_STATS:-}" ] && echo && echo "OTLP sink (bench/otlp_sink.py): $(awk '{print $1" export requests, "$2" bytes"}' <<<"$OTLP_STATS")."
