@@ -791,7 +791,7 @@ if want observability; then
   } >>"$SECTION"
 fi
 
-{ echo; echo "Stream opens that bench_client had to retry (a connection failing before any answer; two retries allowed, a third failure stops the run): ${RETRIES:-0}."; } >>"$SECTION"
+{ want sse || [ -n "$SWEEP" ]; } && { echo; echo "Stream opens that bench_client had to retry (a connection failing before any answer; two retries allowed, a third failure stops the run): ${RETRIES:-0}."; } >>"$SECTION"
 { echo; echo "Raw data of this run stayed in \`$work\` (not committed)."; } >>"$SECTION"
 cat "$SECTION" >>"$OUTFILE"
 echo
