@@ -69,10 +69,7 @@ C=${C:-32}; M=${M:-10}
 PIN=${PIN:-0}
 
 bench_need h2load:nghttp2-client wrk:wrk nginx:nginx openssl:openssl xxd:xxd curl:curl python3:python3
-# build.rs records the commit (and rebuilds when HEAD moves); pinning it to the last commit that
-# changed the code keeps a commit of results or bench/ files from costing a full rebuild.
-export MCP_EDGE_COMMIT=${MCP_EDGE_COMMIT:-$(git log -1 --format=%h --abbrev=12 -- src Cargo.toml Cargo.lock build.rs 2>/dev/null)}
-cargo build --release --quiet --bin mcp-edge --example static_backend --example bench_client
+bench_build --bin mcp-edge --example static_backend --example bench_client
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release/mcp-edge
 BACKEND_BIN=$TARGET/release/examples/static_backend
@@ -553,7 +550,7 @@ enabled = false" >"$work/edge-metrics-off.toml"
   obs_targets+=(edge)
   # A second binary with --features otel, in its own target directory.
   OTEL_TARGET=${CARGO_TARGET_DIR:-target}-otel
-  if CARGO_TARGET_DIR=$OTEL_TARGET cargo build --release --quiet --features otel --bin mcp-edge >"$work/otel-build.log" 2>&1; then
+  if CARGO_TARGET_DIR=$OTEL_TARGET bench_build --features otel --bin mcp-edge >"$work/otel-build.log" 2>&1; then
     OTEL_BIN=$OTEL_TARGET/release/mcp-edge
     python3 bench/otlp_sink.py "127.0.0.1:$OTLP_PORT" "$work/otlp.stats" & pids+=($!); OTLP_PID=$!
     bench_wait_port "$OTLP_PORT"

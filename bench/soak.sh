@@ -44,7 +44,8 @@ PORT_B=${PORT_B:-19302}
 ADMIN_PORT=${ADMIN_PORT:-19309}
 for t in h2load python3 ss; do command -v "$t" >/dev/null || { echo "needs $t" >&2; exit 1; }; done
 
-cargo build --release --quiet --bin mcp-edge --example static_backend
+source bench/lib/common.sh
+bench_build --bin mcp-edge --example static_backend
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release/mcp-edge
 BACKEND=$TARGET/release/examples/static_backend
@@ -64,7 +65,6 @@ phase() { echo "$1" >"$work/phase"; }
 phase idle
 
 # Test PKI (bench/lib/common.sh, as bench/run.sh): CA and ECDSA P-256 server certificate.
-source bench/lib/common.sh
 export BENCH_PUBLIC=https://localhost:$PROXY_PORT
 bench_pki "$work/pki"
 

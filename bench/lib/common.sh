@@ -33,6 +33,14 @@ bench_need() {
   fi
 }
 
+# bench_build CARGO_ARGS...: cargo build --release of what a script runs. build.rs records the
+# commit (and rebuilds when HEAD moves); pinning MCP_EDGE_COMMIT to the last commit that changed
+# the code keeps a commit of results or bench/ files from costing a full rebuild.
+bench_build() {
+  export MCP_EDGE_COMMIT=${MCP_EDGE_COMMIT:-$(git log -1 --format=%h --abbrev=12 -- src Cargo.toml Cargo.lock build.rs 2>/dev/null)}
+  cargo build --release --quiet "$@"
+}
+
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 
 # bench_pki DIR: writes DIR/{ca.pem, server.pem/.key, server-b.pem/.key, issuer.key,
