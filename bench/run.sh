@@ -11,7 +11,8 @@
 #
 # Scenarios (--only takes a comma-separated list):
 #   keepalive   1. keep-alive tools/call POSTs: h1 (wrk + bench/lib/wrk_post.lua) and h2 (h2load),
-#                  req/s and proxy CPU µs/request; then p50/p99/p99.9 at a fixed rate of half
+#                  req/s and proxy CPU µs/request (mcp-edge also on its open route /open, to
+#                  tell the bare path from auth + policy); then p50/p99/p99.9 at a fixed rate of half
 #                  nginx's h1/h2 peak (h2load --rps with --log-file)
 #   handshake   2. new TLS connections per second, full and resumed (bench_client handshake)
 #   sse         3. per-event latency at 1 and 1,000 streams, direct vs each proxy; events/s at
@@ -198,6 +199,7 @@ url() { # TARGET [PROTO-less path suffix]
   case $1 in
     direct) echo "http://127.0.0.1:$BPORT/mcp${2:-}" ;;
     nginx) echo "https://127.0.0.1:$NPORT/mcp${2:-}" ;;
+    edge-open) echo "https://127.0.0.1:$EPORT/open${2:-}" ;;
     edge*) echo "https://127.0.0.1:${EDGE_PORT_OF[$1]:-$EPORT}/mcp${2:-}" ;;
   esac
 }
@@ -314,7 +316,7 @@ s1_peaks() { # TARGETS... : fills $work/s1.tsv and MED[target.proto.{rps,us}]
 
 if want keepalive; then
   echo; echo "== 1. keep-alive tools/call: $ROUNDS round(s) of ${DUR}s per target and protocol"
-  s1_peaks direct nginx edge
+  s1_peaks direct nginx edge edge-open
   declare -A FIX=()
   for p in h1 h2; do
     rate=$(awk -v r="${MED[nginx.$p.rps]}" 'BEGIN{printf "%d", r/2}')
@@ -626,8 +628,8 @@ if want keepalive; then
   echo
   echo "| protocol | path | req/s | vs nginx | vs direct | proxy CPU µs/req | vs nginx |"
   echo "|---|---|---|---|---|---|---|"
-  for p in h1 h2; do for t in direct nginx edge; do
-    name=$t; [ "$t" = edge ] && name="mcp-edge (auth+origin+policy)"
+  for p in h1 h2; do for t in direct nginx edge edge-open; do
+    name=$t; [ "$t" = edge ] && name="mcp-edge (auth+origin+policy)"; [ "$t" = edge-open ] && name="mcp-edge, open route (no auth/policy)"
     echo "| $p | $name | $(fmt0 "${MED[$t.$p.rps]}") | $(ratio "${MED[$t.$p.rps]}" "${MED[nginx.$p.rps]}") | $(ratio "${MED[$t.$p.rps]}" "${MED[direct.$p.rps]}") | $(fmt1 "${MED[$t.$p.us]}") | $( [ "$t" = direct ] && echo — || ratio "${MED[$t.$p.us]}" "${MED[nginx.$p.us]}") |"
   done; done
   echo

@@ -93,7 +93,8 @@ bench_token() {
 
 # bench_edge_config PORT BACKEND_ADDR CERT_DIR JWKS [EXTRA_TOML]: the mcp-edge config under test
 # on stdout (CERT_DIR holds server.pem and server.key). Route /mcp: ES256 JWT from a JWKS file (scope mcp:tools), Origin check, Streamable
-# HTTP inspection, a policy rule allowing the tool `add`; route /open: none of that.
+# HTTP inspection, a policy rule allowing the tool `add`; route /open: the Origin check only (the
+# same request, token and all, is accepted there without being verified).
 bench_edge_config() {
   local port=$1 backend=$2 certs=$3 jwks=$4 extra=${5:-}
   cat <<TOML
@@ -123,6 +124,7 @@ jwks_file = "$jwks"
 [[routes]]
 path = "/open"
 upstream = "http://$backend/mcp"
+allowed_origins = ["$BENCH_ORIGIN"]
 
 [[routes]]
 path = "/mcp"
