@@ -29,6 +29,7 @@ pub use crate::certs::alerts::CertsSettings;
 pub use crate::certs::alerts::WebhookSettings;
 pub use crate::http::server::HttpLimits;
 pub use crate::limits::LimitSettings;
+pub use crate::metrics::MetricsSettings;
 pub use crate::session::SessionSettings;
 pub use crate::tls::ServerTls;
 pub use crate::tls::SniCert;
@@ -176,30 +177,6 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// Default filter directive (overridden by `RUST_LOG`).
     pub level: String,
-}
-
-/// Validated `[metrics]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsSettings {
-    /// Whether request-path series are recorded (restart to change).
-    pub enabled: bool,
-    /// Tools labelled on every route beside those its policy and limits name.
-    pub tool_labels: Vec<String>,
-    /// Whether requests are labelled by organisation.
-    pub organisation_label: bool,
-    /// The organisations labelled by name.
-    pub organisations: Vec<String>,
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        MetricsSettings {
-            enabled: true,
-            tool_labels: Vec::new(),
-            organisation_label: false,
-            organisations: Vec::new(),
-        }
-    }
 }
 
 /// A validated route: one public path relayed to one or more upstream endpoints.
