@@ -7,10 +7,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod limits;
+mod telemetry;
 
 pub use crate::auth::identity::RequireAuth;
 pub use crate::auth::mtls::ClientAuthMode;
 pub use limits::{LimitStoreKind, LimitsFile, RouteLimitsFile, ToolLimitFile};
+pub use telemetry::{OtlpFile, TelemetryFile};
 
 /// Top level of `mcp-edge.toml`.
 #[derive(Debug, Deserialize)]
@@ -46,6 +48,9 @@ pub struct ConfigFile {
     /// `[log]`
     #[serde(default)]
     pub log: LogFile,
+    /// `[telemetry]`: OpenTelemetry trace export.
+    #[serde(default)]
+    pub telemetry: TelemetryFile,
     /// `[auth]`
     #[serde(default)]
     pub auth: AuthFile,

@@ -4,6 +4,7 @@
 use super::*;
 
 mod limits;
+mod telemetry;
 
 use std::path::Path;
 use std::time::Duration;
