@@ -526,3 +526,277 @@ async fn a_telemetry_change_needs_a_restart() {
     running.wait().await;
     collector.stop().await;
 }
+
+// ── Through the proxy ───────────────────────────────────────────────────────────────────────
+
+/// A JSON-RPC `tools/call` of `tool`; `meta` goes into `params._meta`.
+fn call(id: u64, tool: &str, meta: serde_json::Value) -> String {
+    serde_json::json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": {}, "_meta": meta}
+    })
+    .to_string()
+}
+
+/// A proxy with `[telemetry.otlp]` (`otlp` lines) exporting to `collector`, one token route
+/// to `backend` whose policy allows only `get_weather`.
+async fn traced_proxy(
+    collector: &Collector,
+    protocol: &str,
+    otlp: &str,
+    backend: &support::raw::RawBackend,
+    idp: &support::idp::Idp,
+) -> support::TestProxy {
+    let pki = support::Pki::new();
+    let issuer = idp.issuer_toml(pki.dir.path());
+    support::start_proxy_with(
+        pki,
+        &format!(
+            "[telemetry.otlp]\nendpoint = \"{}\"\nprotocol = \"{protocol}\"\n{otlp}\n{issuer}{}\
+             [routes.auth]\nrequire = \"token\"\n\
+             [routes.policy]\n[[routes.policy.rules]]\nname = \"weather\"\nallow_tools = [\"get_weather\"]\n",
+            collector.endpoint(),
+            support::route("/mcp", &format!("http://{}/mcp", backend.addr)),
+        ),
+    )
+    .await
+}
+
+async fn post(
+    proxy: &support::TestProxy,
+    token: &str,
+    traceparent: Option<&str>,
+    body: String,
+) -> reqwest::Response {
+    let mut req = proxy
+        .client(false)
+        .post(proxy.url("/mcp"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    req.body(body)
+        .send()
+        .await
+        .expect("request reaches the proxy")
+}
+
+/// The `traceparent` the backend received: (trace id, parent span id, flags), hex.
+fn upstream_traceparent(r: &support::recording::Received) -> (String, String, String) {
+    let tp = r
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("the backend gets traceparent");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00", "{tp}");
+    (
+        parts[1].to_owned(),
+        parts[2].to_owned(),
+        parts[3].to_owned(),
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The spans of trace `trace_id` (hex).
+fn trace<'a>(spans: &'a [Received], trace_id: &str) -> Vec<&'a Received> {
+    spans
+        .iter()
+        .filter(|s| hex(&s.span.trace_id) == trace_id)
+        .collect()
+}
+
+fn by_name<'a>(spans: &[&'a Received], name: &str) -> &'a Received {
+    spans
+        .iter()
+        .find(|s| s.name() == name)
+        .copied()
+        .unwrap_or_else(|| {
+            panic!(
+                "no span {name:?} among {:?}",
+                spans.iter().map(|s| s.name()).collect::<Vec<_>>()
+            )
+        })
+}
+
+/// Parentage within one traced request: the server span under `caller`, the phases and the
+/// upstream call under it, the upstream span being the parent the backend was given.
+fn assert_request_trace(spans: &[&Received], caller: &str, upstream_parent: Option<&str>) {
+    let server = by_name(spans, "tools/call get_weather");
+    assert_eq!(server.span.kind, KIND_SERVER);
+    assert_eq!(
+        hex(&server.span.parent_span_id),
+        caller,
+        "the caller's span is the parent"
+    );
+    assert_eq!(
+        server.attr("mcp.method.name").as_deref(),
+        Some("tools/call")
+    );
+    assert_eq!(
+        server.attr("gen_ai.tool.name").as_deref(),
+        Some("get_weather")
+    );
+    assert_eq!(server.attr("http.route").as_deref(), Some("/mcp"));
+    assert_eq!(
+        server.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(server.attr("client.address").as_deref(), Some("127.0.0.1"));
+    assert!(server.attr("mcp_edge.request_id").is_some());
+    assert!(server.attr("jsonrpc.request.id").is_some());
+    for name in ["authenticate", "authorize", "POST upstream"] {
+        let child = by_name(spans, name);
+        assert_eq!(child.span.parent_span_id, server.span.span_id, "{name}");
+        assert!(
+            child.span.start_time_unix_nano >= server.span.start_time_unix_nano
+                && child.span.end_time_unix_nano <= server.span.end_time_unix_nano,
+            "{name} lies within the request"
+        );
+    }
+    let up = by_name(spans, "POST upstream");
+    assert_eq!(up.span.kind, KIND_CLIENT);
+    assert_eq!(up.attr("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(up.attr("server.address").as_deref(), Some("127.0.0.1"));
+    if let Some(p) = upstream_parent {
+        assert_eq!(
+            hex(&up.span.span_id),
+            p,
+            "the backend's parent is the upstream span"
+        );
+    }
+}
+
+async fn traced_calls(protocol: &str) {
+    support::init();
+    let collector = match protocol {
+        "grpc" => Collector::grpc().await,
+        _ => Collector::http().await,
+    };
+    let (backend, mut seen) = support::recording::json_result().await;
+    let idp = support::idp::Idp::new();
+    let proxy = traced_proxy(&collector, protocol, "sample_ratio = 0.0", &backend, &idp).await;
+    let token = idp.token("/mcp", serde_json::json!({}));
+
+    // 1. A sampled caller's `traceparent` header.
+    let t1 = "0af7651916cd43dd8448eb211c80319c";
+    let p1 = "b7ad6b7169203331";
+    let r = post(
+        &proxy,
+        &token,
+        Some(&format!("00-{t1}-{p1}-01")),
+        call(1, "get_weather", serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    let (trace_id, parent1, flags) = upstream_traceparent(&seen.recv().await.expect("forwarded"));
+    assert_eq!(trace_id, t1, "the caller's trace goes on upstream");
+    assert_ne!(parent1, p1, "upstream, the proxy's span is the parent");
+    assert_eq!(flags, "01");
+
+    // 2. No header: `params._meta.traceparent` (a sampled caller that cannot set headers).
+    let t2 = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let p2 = "00f067aa0ba902b7";
+    let r = post(
+        &proxy,
+        &token,
+        None,
+        call(
+            2,
+            "get_weather",
+            serde_json::json!({"traceparent": format!("00-{t2}-{p2}-01")}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    let (trace_id, parent2, _) = upstream_traceparent(&seen.recv().await.expect("forwarded"));
+    assert_eq!(trace_id, t2, "the _meta context is the parent");
+
+    // 3. Refused by the policy.
+    let t3 = "11111111111111111111111111111111";
+    let r = post(
+        &proxy,
+        &token,
+        Some(&format!("00-{t3}-{p1}-01")),
+        call(3, "delete_everything", serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let _ = r.bytes().await;
+
+    // 4. Sample ratio 0: an unsampled caller and a request with no context record nothing.
+    let t4 = "22222222222222222222222222222222";
+    for tp in [Some(format!("00-{t4}-{p1}-00")), None] {
+        let r = post(
+            &proxy,
+            &token,
+            tp.as_deref(),
+            call(4, "get_weather", serde_json::json!({})),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+        let (trace_id, _, flags) = upstream_traceparent(&seen.recv().await.expect("forwarded"));
+        if tp.is_some() {
+            assert_eq!(trace_id, t4, "an unsampled trace still goes on upstream");
+        }
+        assert_eq!(flags, "00", "and stays unsampled");
+    }
+
+    // Stopping flushes what is queued.
+    proxy.stop().await;
+    let spans = collector.spans();
+
+    let one = trace(&spans, t1);
+    assert_eq!(one.len(), 4, "{:?}", names(&spans));
+    assert_request_trace(&one, p1, Some(&parent1));
+    let two = trace(&spans, t2);
+    assert_eq!(two.len(), 4, "{:?}", names(&spans));
+    assert_request_trace(&two, p2, Some(&parent2));
+
+    let three = trace(&spans, t3);
+    let refused = by_name(&three, "tools/call delete_everything");
+    assert_eq!(refused.span.kind, KIND_SERVER);
+    assert_eq!(refused.attr("error.type").as_deref(), Some("policy_denied"));
+    assert_eq!(
+        refused.attr("http.response.status_code").as_deref(),
+        Some("403")
+    );
+    assert_eq!(
+        refused.span.status.as_ref().map(|s| s.code),
+        Some(STATUS_ERROR)
+    );
+    assert!(
+        three.iter().all(|s| s.name() != "POST upstream"),
+        "a refused call never went upstream"
+    );
+
+    assert!(trace(&spans, t4).is_empty(), "unsampled: no spans");
+    assert_eq!(
+        spans.len(),
+        one.len() + two.len() + three.len(),
+        "nothing else was recorded: {:?}",
+        names(&spans)
+    );
+    collector.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the request path to fill RequestSpans (the lead's spans work on main)"]
+async fn calls_through_the_proxy_are_traced_over_http() {
+    traced_calls("http/protobuf").await;
+}
+
+#[tokio::test]
+#[ignore = "needs the request path to fill RequestSpans (the lead's spans work on main)"]
+async fn calls_through_the_proxy_are_traced_over_grpc() {
+    traced_calls("grpc").await;
+}
