@@ -93,7 +93,7 @@ impl OtlpSink {
             error: e.to_string(),
         };
         // Headers from OTEL_EXPORTER_OTLP_(TRACES_)HEADERS are left out: the exporter reads
-        // those variables itself, and gRPC metadata would carry a header given twice twice.
+        // those variables itself, and gRPC metadata given a name twice sends both values.
         let file_headers = settings.headers.iter().filter(|h| !h.from_env);
         let mut exporter = match settings.protocol {
             OtlpProtocol::HttpProtobuf => {
