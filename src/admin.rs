@@ -99,10 +99,22 @@ fn answer(
     };
     match (req.method(), req.uri().path(), monitor) {
         (&Method::GET, "/metrics", Some(m)) => {
-            return typed(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                m.metrics(),
-            );
+            // Prometheus asks for OpenMetrics; anything else gets the classic text format.
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .map(|v| v.as_bytes());
+            return if crate::metrics::text::wants_openmetrics(accept) {
+                typed(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    m.metrics(),
+                )
+            } else {
+                typed(
+                    crate::metrics::text::CONTENT_TYPE,
+                    crate::metrics::text::prometheus_text(&m.metrics()),
+                )
+            };
         }
         (&Method::GET, "/certs", Some(m)) => return typed("application/json", m.certs_json()),
         _ => {}

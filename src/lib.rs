@@ -43,6 +43,7 @@ pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod mcp;
+pub mod metrics;
 pub mod monitor;
 pub mod policy;
 pub mod prepare;

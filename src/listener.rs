@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::mtls::ClientIdentity;
 use crate::http::server::HttpLimits;
 use crate::http::server::{self, Closed, WriteDeadline};
+use crate::metrics::{HandshakeFailure, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::shutdown::Shutdown;
 
@@ -59,6 +60,8 @@ impl PublicListener {
     pub async fn run(self, shutdown: Shutdown, tasks: TaskTracker) {
         let server = Arc::new(server::Server::new(&self.http));
         let mut refusals = RefusalLog::default();
+        let metrics = self.proxy.metrics().clone();
+        let enabled = metrics.enabled();
         loop {
             let (tcp, peer) = tokio::select! {
                 () = shutdown.drain().cancelled() => break,
@@ -73,16 +76,26 @@ impl PublicListener {
                 },
             };
             let accepted = tokio::time::Instant::now();
+            if enabled {
+                metrics.conn.accepted.inc();
+            }
             // Per address first: an address over its cap must not take a global permit, even
             // for a moment.
             let Some(ip_permit) = self.per_ip.try_acquire(peer.ip()) else {
+                if enabled {
+                    metrics.conn.refused_per_ip.inc();
+                }
                 refusals.per_ip(peer);
                 continue;
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                if enabled {
+                    metrics.conn.refused_cap.inc();
+                }
                 refusals.global(peer);
                 continue;
             };
+            let conn_metrics = enabled.then(|| OpenConnection::new(&metrics));
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(self.tls.load_full());
             let proxy = self.proxy.clone();
@@ -99,18 +112,39 @@ impl PublicListener {
                 let Ok(Ok(slot)) =
                     tokio::time::timeout(handshake_timeout, handshakes.acquire_owned()).await
                 else {
+                    if let Some(c) = &conn_metrics {
+                        c.metrics.conn.refused_handshake_slot.inc();
+                    }
                     tracing::debug!(%peer, "no TLS handshake slot in time; closing");
                     return;
                 };
+                let started = std::time::Instant::now();
                 let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
                 drop(slot);
                 let tls = match handshake {
-                    Ok(Ok(tls)) => tls,
+                    Ok(Ok(tls)) => {
+                        if let Some(c) = &conn_metrics {
+                            c.metrics
+                                .conn
+                                .handshake_ok(tls.get_ref().1.protocol_version(), started.elapsed());
+                        }
+                        tls
+                    }
                     Ok(Err(e)) => {
+                        if let Some(c) = &conn_metrics {
+                            c.metrics
+                                .conn
+                                .handshake_failed(HandshakeFailure::of(&e), started.elapsed());
+                        }
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        if let Some(c) = &conn_metrics {
+                            c.metrics
+                                .conn
+                                .handshake_failed(HandshakeFailure::Timeout, started.elapsed());
+                        }
                         tracing::debug!(%peer, "TLS handshake timed out");
                         return;
                     }
@@ -147,6 +181,26 @@ impl PublicListener {
                 }
             });
         }
+    }
+}
+
+/// A connection counted open in `mcp_edge_connections_open` until dropped.
+struct OpenConnection {
+    metrics: Arc<Metrics>,
+}
+
+impl OpenConnection {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.conn.open.inc();
+        OpenConnection {
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.conn.open.dec();
     }
 }
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::alerts::Alerter;
 use crate::certs::inventory::{CertKind, CertStatus, Level, Report, inventory};
+use crate::metrics::snapshot;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 
@@ -126,9 +127,23 @@ impl Monitor {
         })
     }
 
-    /// The Prometheus text exposition of everything worth watching.
+    /// The Prometheus text exposition of everything worth watching: the proxy's families,
+    /// and those made from snapshots now (certificates, reloads, alerts, endpoint health, the
+    /// limit store, identity providers, the process). Names: `docs/metrics.md`.
     pub fn metrics(&self) -> String {
-        let mut registry = Registry::with_prefix("mcp_edge");
+        let mut root = Registry::default();
+        self.proxy.metrics().register(&mut root);
+        snapshot::build_info(&mut root);
+        snapshot::upstream_health(&mut root, &self.proxy.upstream_health());
+        snapshot::limit_store(&mut root, self.proxy.limits_store());
+        snapshot::upstream_pool(&mut root, self.proxy.gateway().upstream_pool());
+        snapshot::identity_providers(
+            &mut root,
+            &self.proxy.gateway().issuers.statuses(),
+            SystemTime::now(),
+        );
+        snapshot::process(&mut root);
+        let registry = root.sub_registry_with_prefix("mcp_edge");
 
         let expiry = Family::<Vec<(String, String)>, Gauge>::default();
         for s in self.statuses().iter() {
@@ -199,7 +214,7 @@ impl Monitor {
         }
 
         let mut out = String::new();
-        if encode(&mut out, &registry).is_err() {
+        if encode(&mut out, &root).is_err() {
             return "# metrics could not be encoded\n".to_owned();
         }
         out

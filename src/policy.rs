@@ -465,6 +465,7 @@ mod tests {
             tool_name: Some(tool.to_owned()),
             resource_uri: None,
             subscriptions: Vec::new(),
+            traceparent: None,
         }
     }
 
@@ -476,6 +477,7 @@ mod tests {
             tool_name: None,
             resource_uri: Some(uri.to_owned()),
             subscriptions: Vec::new(),
+            traceparent: None,
         }
     }
 

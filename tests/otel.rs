@@ -673,15 +673,26 @@ fn assert_request_trace(spans: &[&Received], caller: &str, upstream_parent: Opti
     }
 }
 
+fn collector_for(protocol: &str) -> impl std::future::Future<Output = Collector> {
+    let grpc = protocol == "grpc";
+    async move {
+        if grpc {
+            Collector::grpc().await
+        } else {
+            Collector::http().await
+        }
+    }
+}
+
+/// A `tools/call` through the proxy with a sampled caller's `traceparent` header and one the
+/// policy refuses: the spans' parentage, the `traceparent` the backend got, the refusal's
+/// `error.type`.
 async fn traced_calls(protocol: &str) {
     support::init();
-    let collector = match protocol {
-        "grpc" => Collector::grpc().await,
-        _ => Collector::http().await,
-    };
+    let collector = collector_for(protocol).await;
     let (backend, mut seen) = support::recording::json_result().await;
     let idp = support::idp::Idp::new();
-    let proxy = traced_proxy(&collector, protocol, "sample_ratio = 0.0", &backend, &idp).await;
+    let proxy = traced_proxy(&collector, protocol, "", &backend, &idp).await;
     let token = idp.token("/mcp", serde_json::json!({}));
 
     // 1. A sampled caller's `traceparent` header.
@@ -701,26 +712,7 @@ async fn traced_calls(protocol: &str) {
     assert_ne!(parent1, p1, "upstream, the proxy's span is the parent");
     assert_eq!(flags, "01");
 
-    // 2. No header: `params._meta.traceparent` (a sampled caller that cannot set headers).
-    let t2 = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let p2 = "00f067aa0ba902b7";
-    let r = post(
-        &proxy,
-        &token,
-        None,
-        call(
-            2,
-            "get_weather",
-            serde_json::json!({"traceparent": format!("00-{t2}-{p2}-01")}),
-        ),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    let _ = r.bytes().await;
-    let (trace_id, parent2, _) = upstream_traceparent(&seen.recv().await.expect("forwarded"));
-    assert_eq!(trace_id, t2, "the _meta context is the parent");
-
-    // 3. Refused by the policy.
+    // 2. Refused by the policy.
     let t3 = "11111111111111111111111111111111";
     let r = post(
         &proxy,
@@ -732,25 +724,6 @@ async fn traced_calls(protocol: &str) {
     assert_eq!(r.status(), 403);
     let _ = r.bytes().await;
 
-    // 4. Sample ratio 0: an unsampled caller and a request with no context record nothing.
-    let t4 = "22222222222222222222222222222222";
-    for tp in [Some(format!("00-{t4}-{p1}-00")), None] {
-        let r = post(
-            &proxy,
-            &token,
-            tp.as_deref(),
-            call(4, "get_weather", serde_json::json!({})),
-        )
-        .await;
-        assert_eq!(r.status(), 200);
-        let _ = r.bytes().await;
-        let (trace_id, _, flags) = upstream_traceparent(&seen.recv().await.expect("forwarded"));
-        if tp.is_some() {
-            assert_eq!(trace_id, t4, "an unsampled trace still goes on upstream");
-        }
-        assert_eq!(flags, "00", "and stays unsampled");
-    }
-
     // Stopping flushes what is queued.
     proxy.stop().await;
     let spans = collector.spans();
@@ -758,13 +731,10 @@ async fn traced_calls(protocol: &str) {
     let one = trace(&spans, t1);
     assert_eq!(one.len(), 4, "{:?}", names(&spans));
     assert_request_trace(&one, p1, Some(&parent1));
-    let two = trace(&spans, t2);
-    assert_eq!(two.len(), 4, "{:?}", names(&spans));
-    assert_request_trace(&two, p2, Some(&parent2));
-
     let three = trace(&spans, t3);
     let refused = by_name(&three, "tools/call delete_everything");
     assert_eq!(refused.span.kind, KIND_SERVER);
+    assert_eq!(hex(&refused.span.parent_span_id), p1);
     assert_eq!(refused.attr("error.type").as_deref(), Some("policy_denied"));
     assert_eq!(
         refused.attr("http.response.status_code").as_deref(),
@@ -774,15 +744,18 @@ async fn traced_calls(protocol: &str) {
         refused.span.status.as_ref().map(|s| s.code),
         Some(STATUS_ERROR)
     );
+    let authorize = by_name(&three, "authorize");
+    assert_eq!(
+        authorize.attr("error.type").as_deref(),
+        Some("policy_denied")
+    );
     assert!(
         three.iter().all(|s| s.name() != "POST upstream"),
         "a refused call never went upstream"
     );
-
-    assert!(trace(&spans, t4).is_empty(), "unsampled: no spans");
     assert_eq!(
         spans.len(),
-        one.len() + two.len() + three.len(),
+        one.len() + three.len(),
         "nothing else was recorded: {:?}",
         names(&spans)
     );
@@ -790,13 +763,111 @@ async fn traced_calls(protocol: &str) {
 }
 
 #[tokio::test]
-#[ignore = "needs the request path to fill RequestSpans (the lead's spans work on main)"]
 async fn calls_through_the_proxy_are_traced_over_http() {
     traced_calls("http/protobuf").await;
 }
 
 #[tokio::test]
-#[ignore = "needs the request path to fill RequestSpans (the lead's spans work on main)"]
 async fn calls_through_the_proxy_are_traced_over_grpc() {
     traced_calls("grpc").await;
+}
+
+/// `sample_ratio = 0`: an unsampled caller and a request with no context record nothing; the
+/// unsampled caller's context goes upstream unchanged, and a trace nobody records and nobody
+/// started sends none.
+#[tokio::test]
+async fn ratio_zero_records_no_unsampled_trace() {
+    support::init();
+    let collector = Collector::http().await;
+    let (backend, mut seen) = support::recording::json_result().await;
+    let idp = support::idp::Idp::new();
+    let proxy = traced_proxy(
+        &collector,
+        "http/protobuf",
+        "sample_ratio = 0.0",
+        &backend,
+        &idp,
+    )
+    .await;
+    let token = idp.token("/mcp", serde_json::json!({}));
+    let (t, p) = ("22222222222222222222222222222222", "b7ad6b7169203331");
+    for tp in [Some(format!("00-{t}-{p}-00")), None] {
+        let r = post(
+            &proxy,
+            &token,
+            tp.as_deref(),
+            call(4, "get_weather", serde_json::json!({})),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+        let got = seen.recv().await.expect("forwarded");
+        if tp.is_some() {
+            assert_eq!(
+                upstream_traceparent(&got),
+                (t.to_owned(), p.to_owned(), "00".to_owned()),
+                "an unsampled trace goes on upstream as the caller sent it"
+            );
+        } else {
+            assert!(got.headers.get("traceparent").is_none());
+        }
+    }
+    proxy.stop().await;
+    assert!(
+        collector.spans().is_empty(),
+        "{:?}",
+        names(&collector.spans())
+    );
+    collector.stop().await;
+}
+
+/// A sampled caller that can only use `params._meta.traceparent` (no header): that context is
+/// the parent, with every span and attribute the header gives, whatever the ratio (the
+/// caller's decision is kept, as with the header).
+#[tokio::test]
+#[ignore = "request path: AccessLog::adopt_meta_trace starts the spans afresh (route, authenticate and MCP attributes lost) and only when the first context was sampled"]
+async fn meta_traceparent_is_the_parent() {
+    support::init();
+    for ratio in ["1.0", "0.0"] {
+        let collector = Collector::http().await;
+        let (backend, mut seen) = support::recording::json_result().await;
+        let idp = support::idp::Idp::new();
+        let proxy = traced_proxy(
+            &collector,
+            "http/protobuf",
+            &format!("sample_ratio = {ratio}"),
+            &backend,
+            &idp,
+        )
+        .await;
+        let token = idp.token("/mcp", serde_json::json!({}));
+        let (t, p) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+        let r = post(
+            &proxy,
+            &token,
+            None,
+            call(
+                5,
+                "get_weather",
+                serde_json::json!({"traceparent": format!("00-{t}-{p}-01")}),
+            ),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+        let (trace_id, parent, flags) =
+            upstream_traceparent(&seen.recv().await.expect("forwarded"));
+        assert_eq!(
+            trace_id, t,
+            "ratio {ratio}: the _meta trace goes on upstream"
+        );
+        assert_eq!(flags, "01");
+        proxy.stop().await;
+        let spans = collector.spans();
+        let traced = trace(&spans, t);
+        assert_eq!(traced.len(), 4, "ratio {ratio}: {:?}", names(&spans));
+        assert_request_trace(&traced, p, Some(&parent));
+        assert_eq!(spans.len(), 4, "ratio {ratio}: {:?}", names(&spans));
+        collector.stop().await;
+    }
 }

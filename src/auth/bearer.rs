@@ -107,7 +107,36 @@ pub struct Issuers {
     qualify_subjects: bool,
 }
 
+/// One issuer's key store and introspection figures, for metrics.
+#[derive(Debug, Clone)]
+pub struct IssuerStatus {
+    /// The issuer.
+    pub issuer: String,
+    /// Its JWT keys, when it has any.
+    pub keys: Option<super::jwks::KeyStoreStatus>,
+    /// Whether the keys are fetched (JWKS URL) rather than static.
+    pub remote_keys: bool,
+    /// Its introspection endpoint's figures, when it has one.
+    pub introspection: Option<super::introspection::IntrospectorStatus>,
+}
+
 impl Issuers {
+    /// The figures of every issuer, sorted by issuer.
+    pub fn statuses(&self) -> Vec<IssuerStatus> {
+        let mut out: Vec<IssuerStatus> = self
+            .by_issuer
+            .iter()
+            .map(|(issuer, check)| IssuerStatus {
+                issuer: issuer.clone(),
+                keys: check.jwt.as_ref().map(|p| p.keys().status()),
+                remote_keys: check.jwt.as_ref().is_some_and(|p| p.keys().is_remote()),
+                introspection: check.introspector.as_ref().map(Introspector::status),
+            })
+            .collect();
+        out.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+        out
+    }
+
     /// Builds each issuer's key store (remote JWKS are fetched in the background) and policy.
     pub async fn build(auth: &AuthSettings) -> Result<Issuers, IssuerSetupError> {
         let mut by_issuer = HashMap::with_capacity(auth.issuers.len());

@@ -22,8 +22,9 @@ use base64::Engine as _;
 use http::HeaderValue;
 
 use super::bearer::{self, BearerError, SharedIssuers};
-use super::jwt::Claims;
+use super::jwt::{Claims, TokenError};
 use super::mtls::ClientIdentity;
+use crate::metrics::AuthReason;
 use crate::session::{self, PrincipalHash};
 
 /// The proof a route demands of each request.
@@ -77,9 +78,9 @@ pub enum AuthError {
     /// No token, and the route needs one.
     #[error("authentication required")]
     Missing,
-    /// The token did not validate (the description is safe to show).
-    #[error("invalid token: {0}")]
-    Invalid(&'static str),
+    /// The token did not validate (its description is safe to show).
+    #[error("invalid token: {}", .0.description())]
+    Invalid(TokenError),
     /// The token is bound to another certificate (RFC 8705), or the route needs binding.
     #[error("the token is not bound to the presented client certificate")]
     NotBound,
@@ -122,6 +123,32 @@ impl AuthError {
         }
     }
 
+    /// The `reason` label of the refusal in `mcp_edge_auth_decisions_total`.
+    pub fn reason(&self) -> AuthReason {
+        match self {
+            AuthError::CertificateRequired => AuthReason::CertificateRequired,
+            AuthError::TokenInQuery => AuthReason::TokenInQuery,
+            AuthError::Malformed => AuthReason::Malformed,
+            AuthError::Missing => AuthReason::NoToken,
+            AuthError::NotBound => AuthReason::CertificateBinding,
+            AuthError::InsufficientScope { .. } | AuthError::CallNeedsScopes { .. } => {
+                AuthReason::Scope
+            }
+            AuthError::KeysUnavailable(_) => AuthReason::KeysUnavailable,
+            AuthError::Invalid(e) => match e {
+                TokenError::Expired | TokenError::NotYetValid => AuthReason::Expired,
+                TokenError::WrongAudience => AuthReason::Audience,
+                TokenError::WrongIssuer => AuthReason::Issuer,
+                TokenError::OrganisationNotAccepted => AuthReason::Organisation,
+                TokenError::Inactive => AuthReason::Inactive,
+                TokenError::TooLarge | TokenError::Malformed(_) | TokenError::WrongType => {
+                    AuthReason::Malformed
+                }
+                _ => AuthReason::Invalid,
+            },
+        }
+    }
+
     /// What the JSON-RPC error body says.
     pub fn message(&self) -> &'static str {
         match self {
@@ -145,7 +172,7 @@ impl AuthError {
                 "send the token in the Authorization header",
             )),
             AuthError::Malformed => Some(("invalid_token", "malformed bearer credentials")),
-            AuthError::Invalid(d) => Some(("invalid_token", d)),
+            AuthError::Invalid(e) => Some(("invalid_token", e.description())),
             AuthError::NotBound => Some((
                 "invalid_token",
                 "the token is not bound to the presented client certificate",
@@ -329,7 +356,7 @@ pub async fn authenticate(
         }
         Err(e) => {
             tracing::info!(route = %route.path, error = %e, "token refused");
-            return Err(AuthError::Invalid(e.description()));
+            return Err(AuthError::Invalid(e));
         }
     };
     // RFC 8705: a token bound to a certificate is only good with that certificate, whether

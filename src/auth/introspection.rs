@@ -353,6 +353,12 @@ struct Inner {
     permits: Semaphore,
     state: Mutex<State>,
     calls: AtomicU64,
+    /// Calls by result, and cache lookups, for metrics.
+    active: AtomicU64,
+    inactive: AtomicU64,
+    failed: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// Checks opaque tokens against one introspection endpoint, with a cache in front. Cheap to
@@ -381,6 +387,16 @@ pub struct IntrospectorStatus {
     pub cached: usize,
     /// Completed calls to the endpoint since start (successful or not).
     pub calls: u64,
+    /// Calls answered `active: true`.
+    pub active: u64,
+    /// Calls answered `active: false`.
+    pub inactive: u64,
+    /// Calls without a usable answer.
+    pub failed: u64,
+    /// Tokens answered from the cache.
+    pub cache_hits: u64,
+    /// Tokens not in the cache (answered by a call, or joining one).
+    pub cache_misses: u64,
 }
 
 impl Introspector {
@@ -424,6 +440,11 @@ impl Introspector {
                 client,
                 state: Mutex::new(state),
                 calls: AtomicU64::new(0),
+                active: AtomicU64::new(0),
+                inactive: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
             }),
         })
     }
@@ -435,9 +456,15 @@ impl Introspector {
 
     /// Cache size and call count.
     pub fn status(&self) -> IntrospectorStatus {
+        let i = &self.inner;
         IntrospectorStatus {
             cached: self.cached(),
-            calls: self.inner.calls.load(Ordering::Acquire),
+            calls: i.calls.load(Ordering::Acquire),
+            active: i.active.load(Ordering::Relaxed),
+            inactive: i.inactive.load(Ordering::Relaxed),
+            failed: i.failed.load(Ordering::Relaxed),
+            cache_hits: i.hits.load(Ordering::Relaxed),
+            cache_misses: i.misses.load(Ordering::Relaxed),
         }
     }
 
@@ -463,8 +490,10 @@ impl Introspector {
         let mut rx = {
             let mut st = lock(&self.inner.state);
             if let Some(answer) = st.cache.get(&key, Instant::now()) {
+                self.inner.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(answer);
             }
+            self.inner.misses.fetch_add(1, Ordering::Relaxed);
             match st.in_flight.get(&key) {
                 Some(rx) => rx.clone(),
                 None => {
@@ -512,6 +541,12 @@ struct Flight {
 impl Flight {
     /// Caches a usable answer. The registration goes when `self` drops.
     fn finish(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Ok(Answer::Active(_)) => &self.inner.active,
+            Ok(Answer::Inactive) => &self.inner.inactive,
+            Err(_) => &self.inner.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let Ok(answer) = outcome else { return };
         let cfg = &self.inner.cfg;
         let now = Instant::now();
@@ -1122,13 +1157,8 @@ mod tests {
         let basic = intro.inner.basic.as_ref().unwrap();
         assert!(basic.is_sensitive());
         assert!(!format!("{basic:?}").contains("Basic"));
-        assert_eq!(
-            intro.status(),
-            IntrospectorStatus {
-                cached: 0,
-                calls: 0
-            }
-        );
+        let status = intro.status();
+        assert_eq!((status.cached, status.calls, status.cache_hits), (0, 0, 0));
 
         let mut post = c.clone();
         post.auth_method = ClientAuthMethod::ClientSecretPost;

@@ -257,6 +257,8 @@ pub struct KeyStoreStatus {
     pub keys: usize,
     /// Remote sets: completed fetch attempts since start (successful or not).
     pub fetches: u64,
+    /// Remote sets: fetch attempts that failed.
+    pub failures: u64,
     /// Remote sets: when the last fetch succeeded.
     pub last_success: Option<SystemTime>,
     /// Remote sets: why the last fetch failed, if it did.
@@ -281,6 +283,8 @@ struct Remote {
     fetch_lock: tokio::sync::Mutex<()>,
     /// Completed fetch attempts; a waiter that sees it change skips its own fetch.
     completed: AtomicU64,
+    /// Failed fetch attempts.
+    failed: AtomicU64,
     state: Mutex<FetchState>,
 }
 
@@ -355,6 +359,7 @@ impl KeyStore {
             client,
             fetch_lock: tokio::sync::Mutex::new(()),
             completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             state: Mutex::new(FetchState::default()),
         };
         let store = KeyStore {
@@ -487,6 +492,11 @@ impl KeyStore {
         }
     }
 
+    /// Whether the keys are fetched from a JWKS URL.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.inner.kind, Kind::Remote(_))
+    }
+
     /// Key count and, for remote sets, fetch history.
     pub fn status(&self) -> KeyStoreStatus {
         let keys = self.inner.set.load().entries.len();
@@ -494,6 +504,7 @@ impl KeyStore {
             Kind::Static(_) => KeyStoreStatus {
                 keys,
                 fetches: 0,
+                failures: 0,
                 last_success: None,
                 last_error: None,
             },
@@ -502,6 +513,7 @@ impl KeyStore {
                 KeyStoreStatus {
                     keys,
                     fetches: remote.completed.load(Ordering::Acquire),
+                    failures: remote.failed.load(Ordering::Relaxed),
                     last_success: st.last_success.map(|(_, t)| t),
                     last_error: st.last_error.clone(),
                 }
@@ -547,6 +559,7 @@ impl KeyStore {
                 Ok(n)
             }
             Err(e) => {
+                remote.failed.fetch_add(1, Ordering::Relaxed);
                 let mut st = lock(&remote.state);
                 st.last_error = Some(e.to_string());
                 let age = st.last_success.map(|(t, _)| t.elapsed());

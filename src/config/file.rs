@@ -7,11 +7,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod limits;
+mod metrics;
 mod telemetry;
 
 pub use crate::auth::identity::RequireAuth;
 pub use crate::auth::mtls::ClientAuthMode;
 pub use limits::{LimitStoreKind, LimitsFile, RouteLimitsFile, ToolLimitFile};
+pub use metrics::MetricsFile;
 pub use telemetry::{OtlpFile, TelemetryFile};
 
 /// Top level of `mcp-edge.toml`.
@@ -51,6 +53,9 @@ pub struct ConfigFile {
     /// `[telemetry]`: OpenTelemetry trace export.
     #[serde(default)]
     pub telemetry: TelemetryFile,
+    /// `[metrics]`: which series are recorded and how they are labelled.
+    #[serde(default)]
+    pub metrics: MetricsFile,
     /// `[auth]`
     #[serde(default)]
     pub auth: AuthFile,

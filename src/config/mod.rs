@@ -121,6 +121,8 @@ pub struct Config {
     pub log: LogSettings,
     /// Trace export (`[telemetry]` and the `OTEL_*` variables); fixed at start.
     pub telemetry: TelemetrySettings,
+    /// Metrics recording and labels.
+    pub metrics: MetricsSettings,
     /// Token issuers and identity headers.
     pub auth: AuthSettings,
     /// Where rate limits are kept (each route has its own limits).
@@ -195,6 +197,30 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// Default filter directive (overridden by `RUST_LOG`).
     pub level: String,
+}
+
+/// Validated `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Whether request-path series are recorded (restart to change).
+    pub enabled: bool,
+    /// Tools labelled on every route beside those its policy and limits name.
+    pub tool_labels: Vec<String>,
+    /// Whether requests are labelled by organisation.
+    pub organisation_label: bool,
+    /// The organisations labelled by name.
+    pub organisations: Vec<String>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: true,
+            tool_labels: Vec::new(),
+            organisation_label: false,
+            organisations: Vec::new(),
+        }
+    }
 }
 
 /// A validated route: one public path relayed to one or more upstream endpoints.

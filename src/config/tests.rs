@@ -4,6 +4,7 @@
 use super::*;
 
 mod limits;
+mod metrics;
 mod telemetry;
 
 use std::path::Path;
@@ -529,8 +530,8 @@ fn bad_toml_syntax_is_a_parse_error_with_a_line() {
 fn unknown_top_level_key_is_named() {
     parse_error(&format!("colour = \"blue\"\n{MINIMAL}"), &["colour"]);
     parse_error(
-        &with_tables("[metrics]\nbind = \"127.0.0.1:9090\"\n"),
-        &["metrics"],
+        &with_tables("[prometheus]\nbind = \"127.0.0.1:9090\"\n"),
+        &["prometheus"],
     );
 }
 

@@ -43,6 +43,8 @@ pub const MAX_URI_LEN: usize = 8 * 1024;
 pub const MAX_ID_LEN: usize = 1024;
 /// Most messages accepted in one batch.
 pub const MAX_BATCH_LEN: usize = 1024;
+/// Longest `params._meta.traceparent` read (W3C version 00 is 55 bytes).
+pub const MAX_TRACEPARENT_LEN: usize = 256;
 
 /// Error type of request bodies, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -240,6 +242,9 @@ pub struct Message {
     /// `params.notifications.resourceSubscriptions` of `subscriptions/listen`: resources the
     /// caller asks to follow, each checked like `resources/subscribe`.
     pub subscriptions: Vec<String>,
+    /// `params._meta.traceparent` (the MCP convention's trace context propagation), when it
+    /// is one string of at most [`MAX_TRACEPARENT_LEN`] bytes; validated by the caller.
+    pub traceparent: Option<Box<str>>,
 }
 
 impl Message {
@@ -463,6 +468,10 @@ pub(crate) struct Params<'a> {
     pub(crate) uri_template: Option<Scalar<'a>>,
     /// `notifications.resourceSubscriptions` of `subscriptions/listen`.
     pub(crate) notifications: Option<ListenParams<'a>>,
+    /// `_meta`, reduced the same way (only its `traceparent` is used).
+    pub(crate) meta: Option<Box<Params<'a>>>,
+    /// `traceparent` (read inside `_meta`).
+    pub(crate) traceparent: Option<Scalar<'a>>,
     /// First member read here seen twice.
     pub(crate) duplicate: Option<&'static str>,
 }
@@ -606,6 +615,16 @@ impl<'de> Deserialize<'de> for Params<'de> {
                         "name" => (&mut p.name, "params.name"),
                         "uri" => (&mut p.uri, "params.uri"),
                         "uriTemplate" => (&mut p.uri_template, "params.uriTemplate"),
+                        "traceparent" => (&mut p.traceparent, "params._meta.traceparent"),
+                        "_meta" => {
+                            let value = map.next_value::<Params<'de>>()?;
+                            if p.meta.is_some() {
+                                p.duplicate.get_or_insert("params._meta");
+                            } else {
+                                p.meta = Some(Box::new(value));
+                            }
+                            continue;
+                        }
                         "notifications" => {
                             let value = map.next_value::<ListenParams<'de>>()?;
                             if p.notifications.is_some() {
@@ -730,6 +749,9 @@ impl<'de> Deserialize<'de> for RawMessage<'de> {
 }
 
 /// The top level of a body: one object, an array of (maybe) objects, or anything else.
+// It lives on the stack for the length of one parse; boxing the single message would cost an
+// allocation on every request.
+#[allow(clippy::large_enum_variant)]
 enum Top<'a> {
     One(RawMessage<'a>),
     /// `None` marks an element that is not an object.
@@ -882,6 +904,7 @@ impl RawMessage<'_> {
                         tool_name: None,
                         resource_uri: None,
                         subscriptions: Vec::new(),
+                        traceparent: None,
                     }),
                     _ => Err(EnvelopeError::Invalid("a response needs a non-null `id`")),
                 },
@@ -893,6 +916,7 @@ impl RawMessage<'_> {
                     tool_name: None,
                     resource_uri: None,
                     subscriptions: Vec::new(),
+                    traceparent: None,
                 }),
                 (false, false) => Err(EnvelopeError::Invalid(
                     "a message needs `method`, `result` or `error`",
@@ -914,6 +938,16 @@ impl RawMessage<'_> {
         if let Some(key) = params.duplicate {
             return Err(EnvelopeError::DuplicateKey(key));
         }
+        // A hostile or repeated `_meta.traceparent` is ignored, like a bad header: tracing
+        // context never refuses a call.
+        let traceparent = match params.meta.take().map(|m| *m) {
+            Some(Params {
+                traceparent: Some(Scalar::Str(s)),
+                duplicate: None,
+                ..
+            }) if s.len() <= MAX_TRACEPARENT_LEN => Some(Box::from(&*s)),
+            _ => None,
+        };
         let mut tool_name = None;
         let mut resource_uri = None;
         let mut subscriptions = Vec::new();
@@ -965,6 +999,7 @@ impl RawMessage<'_> {
             tool_name,
             resource_uri,
             subscriptions,
+            traceparent,
         })
     }
 }
@@ -1263,27 +1298,27 @@ mod props {
         prop_oneof![
             (id(), name).prop_map(|(id, name)| (
                 json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":{"x":[1,2,{"y":"z"}]}}}),
-                Message { kind: MessageKind::Request, id: Some(id), method: Some("tools/call".into()), tool_name: Some(name), resource_uri: None, subscriptions: Vec::new() },
+                Message { kind: MessageKind::Request, id: Some(id), method: Some("tools/call".into()), tool_name: Some(name), resource_uri: None, subscriptions: Vec::new(), traceparent: None },
             )),
             (id(), name).prop_map(|(id, uri)| (
                 json!({"params":{"uri":uri},"method":"resources/read","id":id,"jsonrpc":"2.0"}),
-                Message { kind: MessageKind::Request, id: Some(id), method: Some("resources/read".into()), tool_name: None, resource_uri: Some(uri), subscriptions: Vec::new() },
+                Message { kind: MessageKind::Request, id: Some(id), method: Some("resources/read".into()), tool_name: None, resource_uri: Some(uri), subscriptions: Vec::new(), traceparent: None },
             )),
             (id(), method.clone()).prop_map(|(id, method)| (
                 json!({"jsonrpc":"2.0","id":id,"method":method,"params":{}}),
-                Message { kind: MessageKind::Request, id: Some(id), method: Some(method), tool_name: None, resource_uri: None, subscriptions: Vec::new() },
+                Message { kind: MessageKind::Request, id: Some(id), method: Some(method), tool_name: None, resource_uri: None, subscriptions: Vec::new(), traceparent: None },
             )),
             method.prop_map(|method| (
                 json!({"jsonrpc":"2.0","method":method}),
-                Message { kind: MessageKind::Notification, id: None, method: Some(method), tool_name: None, resource_uri: None, subscriptions: Vec::new() },
+                Message { kind: MessageKind::Notification, id: None, method: Some(method), tool_name: None, resource_uri: None, subscriptions: Vec::new(), traceparent: None },
             )),
             id().prop_map(|id| (
                 json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}}),
-                Message { kind: MessageKind::Response, id: Some(id), method: None, tool_name: None, resource_uri: None, subscriptions: Vec::new() },
+                Message { kind: MessageKind::Response, id: Some(id), method: None, tool_name: None, resource_uri: None, subscriptions: Vec::new(), traceparent: None },
             )),
             id().prop_map(|id| (
                 json!({"jsonrpc":"2.0","id":id,"error":{"code":-32601,"message":"no"}}),
-                Message { kind: MessageKind::Error, id: Some(id), method: None, tool_name: None, resource_uri: None, subscriptions: Vec::new() },
+                Message { kind: MessageKind::Error, id: Some(id), method: None, tool_name: None, resource_uri: None, subscriptions: Vec::new(), traceparent: None },
             )),
         ]
     }

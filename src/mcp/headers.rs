@@ -633,6 +633,7 @@ mod props {
                 tool_name: Some("x".into()),
                 resource_uri: None,
                 subscriptions: Vec::new(),
+                traceparent: None,
             };
             let _ = check_consistency(&h, &m, ProtocolVersion::V2026_07_28);
         }

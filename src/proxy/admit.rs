@@ -47,7 +47,7 @@ pub(crate) fn admit<'g>(
     }
 
     let route = gw.route(req.uri.path()).ok_or(ProxyError::NotFound)?;
-    ctx.log.set_route(route.path.clone());
+    ctx.log.set_route(route.path.clone(), route.metrics.clone());
 
     let transport = route.config.transport;
     match route.config.origins.check(&req.headers) {

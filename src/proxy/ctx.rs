@@ -12,8 +12,10 @@ use hyper::body::Incoming;
 use crate::audit::AuditEntry;
 use crate::auth::Identity;
 use crate::auth::mtls::ClientIdentity;
-use crate::http::headers::{self, MCP_METHOD};
+use crate::http::headers::{self, MCP_METHOD, TRACEPARENT};
+use crate::metrics::RouteMetrics;
 use crate::telemetry::AccessLog;
+use crate::telemetry::trace::{SpanSink, TraceContext};
 
 /// What the proxy knows about the connection a request arrived on.
 #[derive(Debug)]
@@ -48,14 +50,34 @@ pub(crate) struct RequestCtx<'c> {
 
 impl<'c> RequestCtx<'c> {
     /// A context for `req` on `conn`.
-    pub(crate) fn new(req: &http::Request<Incoming>, conn: &'c ConnInfo) -> Self {
-        Self::from_head(req.method(), req.uri(), req.headers(), conn)
+    pub(crate) fn new(
+        req: &http::Request<Incoming>,
+        conn: &'c ConnInfo,
+        unmatched: &Arc<RouteMetrics>,
+        sink: Option<&Arc<dyn SpanSink>>,
+    ) -> Self {
+        Self::from_head(
+            req.method(),
+            req.uri(),
+            req.headers(),
+            conn,
+            unmatched,
+            sink,
+        )
     }
 
     /// A context for a request head alone (phase unit tests drive phases with one).
     #[cfg(test)]
     pub(crate) fn for_test(parts: &http::request::Parts, conn: &'c ConnInfo) -> Self {
-        Self::from_head(&parts.method, &parts.uri, &parts.headers, conn)
+        let unmatched = Arc::new(RouteMetrics::default());
+        Self::from_head(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            conn,
+            &unmatched,
+            None,
+        )
     }
 
     fn from_head(
@@ -63,18 +85,30 @@ impl<'c> RequestCtx<'c> {
         uri: &http::Uri,
         h: &http::HeaderMap,
         conn: &'c ConnInfo,
+        unmatched: &Arc<RouteMetrics>,
+        sink: Option<&Arc<dyn SpanSink>>,
     ) -> Self {
+        // One valid `traceparent` is the caller's context; anything else starts a trace.
+        let mut values = h.get_all(TRACEPARENT).iter();
+        let trace = match (values.next(), values.next()) {
+            (Some(one), None) => TraceContext::parse(one.as_bytes()),
+            _ => None,
+        }
+        .unwrap_or_else(TraceContext::root);
         let mut log = AccessLog::new(
             headers::request_id(h),
             conn.peer,
             method.clone(),
             uri.path(),
+            unmatched.clone(),
+            trace,
+            sink,
         );
         log.set_mcp_method(h.get(MCP_METHOD));
         // Until a route says otherwise, the caller is whoever its certificate names.
         let identity = Identity::new(None, conn.client_cert.clone(), None);
         if conn.client_cert.is_some() {
-            log.set_principal(identity.label());
+            log.set_principal(identity.label(), None);
         }
         RequestCtx {
             conn,

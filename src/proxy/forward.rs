@@ -38,7 +38,17 @@ pub(crate) async fn forward(
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     headers::set_forwarded(h, ctx.conn.peer.ip(), ctx.forwarded_host.as_ref());
+    // The request's context (header, or `params._meta`) goes upstream as a header; when the
+    // request is traced, with the upstream call's span as parent.
     headers::sanitize_traceparent(h);
+    match ctx.log.upstream_started() {
+        Some(tp) => {
+            h.insert(headers::TRACEPARENT, tp);
+        }
+        None => {
+            h.remove(headers::TRACEPARENT);
+        }
+    }
     // The proxy is the Origin check; SDK backends bound to loopback refuse any Origin.
     if !route.config.origins.forward {
         h.remove(header::ORIGIN);
@@ -79,18 +89,22 @@ pub(crate) async fn forward(
     let limit = gw.config.http.max_request_body_bytes;
     let sent = route
         .upstreams
-        .send(out, target.endpoint)
-        .await
-        .map_err(|e| match e {
-            SendError::Timeout => ProxyError::UpstreamTimeout,
-            SendError::Unavailable => ProxyError::UpstreamUnavailable,
-            SendError::BodyTooLarge => ProxyError::BodyTooLarge { limit },
-            SendError::CircuitOpen { retry_after } => ProxyError::UpstreamCircuitOpen {
-                id: single_id(inspected.envelope.as_ref()),
-                // Rounded up: a client that waits the whole seconds finds the period over.
-                retry_after: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
-            },
-        })?;
+        .send(out, target.endpoint, &route.metrics)
+        .await;
+    ctx.log.upstream_ended(match &sent {
+        Ok(s) => Ok(s.response.status().as_u16()),
+        Err(e) => Err(e.kind()),
+    });
+    let sent = sent.map_err(|e| match e {
+        SendError::Timeout => ProxyError::UpstreamTimeout,
+        SendError::Unavailable => ProxyError::UpstreamUnavailable,
+        SendError::BodyTooLarge => ProxyError::BodyTooLarge { limit },
+        SendError::CircuitOpen { retry_after } => ProxyError::UpstreamCircuitOpen {
+            id: single_id(inspected.envelope.as_ref()),
+            // Rounded up: a client that waits the whole seconds finds the period over.
+            retry_after: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+        },
+    })?;
     if sent.endpoint != target.endpoint {
         target.endpoint = sent.endpoint;
         target.uri = sent.uri;

@@ -12,6 +12,7 @@ use crate::auth::bearer::{self, SharedIssuers};
 use crate::auth::upstream_token::UpstreamSigner;
 use crate::config::{Config, Route};
 use crate::http::Body;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::session::SessionSealer;
 use crate::upstream::{UpstreamSetupError, Upstreams};
 
@@ -22,6 +23,8 @@ pub(crate) struct RouteState {
     pub(crate) path: Arc<str>,
     pub(crate) config: Route,
     pub(crate) upstreams: Upstreams,
+    /// The route's metric series (no-op until the proxy attaches its own).
+    pub(crate) metrics: Arc<RouteMetrics>,
 }
 
 /// An upstream client for one route could not be built.
@@ -70,6 +73,7 @@ impl Gateway {
                     path: Arc::from(r.path.as_str()),
                     config: r.clone(),
                     upstreams,
+                    metrics: Arc::new(RouteMetrics::default()),
                 })
             })
             .collect::<Result<_, RouteSetupError>>()?;
@@ -105,6 +109,36 @@ impl Gateway {
     /// Every route's path and upstreams, for the health registry to adopt.
     pub(crate) fn upstreams_mut(&mut self) -> impl Iterator<Item = (&str, &mut Upstreams)> {
         self.routes.iter_mut().map(|r| (&*r.path, &mut r.upstreams))
+    }
+
+    /// Gives every route its series in `metrics`, labelled with the tools its policy and
+    /// limits name.
+    pub(crate) fn attach_metrics(&mut self, metrics: &Arc<Metrics>) {
+        for r in &mut self.routes {
+            let policy = &r.config.policy;
+            let tools: Vec<&str> = policy
+                .rules
+                .iter()
+                .flat_map(|rule| rule.allow_tools.iter().chain(rule.deny_tools.iter()))
+                .map(|g| g.as_str())
+                .chain(r.config.limits.tools.iter().map(|t| t.pattern.as_str()))
+                .collect();
+            let endpoints: Vec<String> = r
+                .upstreams
+                .endpoints()
+                .iter()
+                .map(|e| e.uri.to_string())
+                .collect();
+            r.metrics = Arc::new(RouteMetrics::new(metrics, &r.path, &tools, &endpoints));
+        }
+    }
+
+    /// Upstream connections open now and made so far, over every route's pool.
+    pub fn upstream_pool(&self) -> (u64, u64) {
+        self.routes.iter().fold((0, 0), |(open, made), r| {
+            let (o, m) = r.upstreams.pool_counts();
+            (open + o, made + m)
+        })
     }
 
     pub(crate) fn route(&self, path: &str) -> Option<&RouteState> {

@@ -5,13 +5,16 @@
 //! see the same bytes. GET and DELETE carry no body at all.
 
 use bytes::Bytes;
-use http::{HeaderValue, Method};
+use http::Method;
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::gateway::{Gateway, RouteState};
+use crate::mcp::headers::MCP_PROTOCOL_VERSION;
 use crate::mcp::{self, Envelope};
+use crate::metrics::{Op, labels};
+use crate::telemetry::trace::TraceContext;
 
 /// What `inspect` found.
 pub(crate) struct Inspected {
@@ -22,6 +25,48 @@ pub(crate) struct Inspected {
     pub(crate) envelope: Option<Envelope>,
     /// SHA-256 of a POST body, for the audit log (only computed when it is on).
     pub(crate) digest: Option<[u8; 32]>,
+}
+
+/// Tells the request record what the body carries: the labels its metrics get (method, tool,
+/// protocol version), its span's attributes, and a trace context from `params._meta`.
+fn record_operation(
+    route: &RouteState,
+    ctx: &mut RequestCtx<'_>,
+    headers: &http::HeaderMap,
+    envelope: &Envelope,
+    body_len: usize,
+) {
+    let messages = envelope.messages();
+    let named = messages.iter().find(|m| m.method.is_some());
+    let method = named.and_then(|m| m.method.as_deref());
+    let tool = named.and_then(|m| m.tool_name.as_deref());
+    let op = Op {
+        method: match (envelope.is_batch(), method) {
+            (true, _) => labels::METHOD_BATCH,
+            (false, Some(m)) => labels::method_index(m),
+            (false, None) => labels::METHOD_RESPONSE,
+        },
+        tool: tool.map_or(0, |t| route.metrics.tool(t)),
+    };
+    let request = messages.iter().find(|m| m.is_request());
+    ctx.log.set_operation(
+        method,
+        op,
+        tool,
+        request.is_some(),
+        headers.get(MCP_PROTOCOL_VERSION),
+        body_len,
+    );
+    if let Some(meta) = messages
+        .iter()
+        .find_map(|m| m.traceparent.as_deref())
+        .and_then(|t| TraceContext::parse(t.as_bytes()))
+    {
+        ctx.log.adopt_meta_trace(meta);
+    }
+    if let Some(id) = request.and_then(|m| m.id.as_ref()) {
+        ctx.log.set_jsonrpc_id(|| id.to_string());
+    }
 }
 
 /// Reads and checks the body of a request to `route`.
@@ -61,11 +106,7 @@ pub(crate) async fn inspect(
     .await
     .map_err(|_| ProxyError::BodyTimeout)??;
     let envelope = mcp::envelope::parse_for(&bytes, version)?;
-    if let Some(m) = envelope.messages().iter().find_map(|m| m.method.as_deref())
-        && let Ok(v) = HeaderValue::from_str(m)
-    {
-        ctx.log.set_mcp_method(Some(&v));
-    }
+    record_operation(route, ctx, headers, &envelope, bytes.len());
     if transport.checks_mcp_headers() {
         for m in envelope.messages() {
             mcp::check_consistency(headers, m, version)?;

@@ -46,15 +46,18 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::audit::AuditLog;
+use crate::config::RequireAuth;
 use crate::http::Body;
 use crate::http::headers::X_REQUEST_ID;
 use crate::limits::{Limits, StoreStatus};
+use crate::metrics::{AdmissionRefusal, AuthReason, Metrics, RouteMetrics};
 use crate::shutdown::Shutdown;
 use crate::sse::RelayBody;
-use crate::telemetry::Outcome;
 use crate::telemetry::trace::SpanSink;
+use crate::telemetry::{Outcome, TimedPhase};
 use crate::upstream::{EndpointSnapshot, HealthRegistry};
 use admit::Admission;
 use ctx::RequestCtx;
@@ -76,6 +79,10 @@ pub struct Proxy {
     audit: Option<Arc<AuditLog>>,
     legacy: Arc<LegacySessions>,
     shutdown: Shutdown,
+    /// Every metric family; routes hold their series of it.
+    metrics: Arc<Metrics>,
+    /// Series of requests matched to no route.
+    unmatched: Arc<RouteMetrics>,
     /// Where sampled requests' spans go (OTLP with the `otel` feature); `None`: no spans.
     spans: Option<Arc<dyn SpanSink>>,
 }
@@ -87,6 +94,9 @@ impl Proxy {
         // Checks stop when draining starts: no new traffic will need their verdict.
         let health = HealthRegistry::new(shutdown.drain().clone());
         health.adopt(gateway.upstreams_mut());
+        // `[metrics]` is read once: series are per process, a reload keeps them.
+        let metrics = Metrics::new(gateway.config().metrics.clone());
+        gateway.attach_metrics(&metrics);
         let limits = build_limits(&gateway, None).unwrap_or_else(|e| {
             tracing::error!(error = %e, "limits could not be set up; requests are not limited");
             Limits::default()
@@ -99,7 +109,14 @@ impl Proxy {
             legacy: Arc::new(LegacySessions::default()),
             shutdown,
             spans: None,
+            unmatched: Arc::new(RouteMetrics::unmatched(&metrics)),
+            metrics,
         }
+    }
+
+    /// Every metric family (the admin listener encodes them).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Exports the spans of sampled requests to `sink`.
@@ -113,6 +130,7 @@ impl Proxy {
     /// limit state to the limits left unchanged.
     pub fn swap(&self, mut gateway: Gateway) {
         self.health.adopt(gateway.upstreams_mut());
+        gateway.attach_metrics(&self.metrics);
         match build_limits(&gateway, Some(&self.limits.load())) {
             Ok(limits) => self.limits.store(Arc::new(limits)),
             // Validation makes this unreachable in practice; the old limits stay in force.
@@ -151,11 +169,15 @@ impl Proxy {
     /// Handles one client request; never fails (errors become responses).
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let gw = self.gateway.load_full();
-        let mut ctx = RequestCtx::new(&req, conn);
+        let mut ctx = RequestCtx::new(&req, conn, &self.unmatched, self.spans.as_ref());
+        let span = ctx.log.span().clone();
         let (parts, body) = req.into_parts();
         // The body stays here until `inspect` takes it, so a refusal can drain it.
         let mut body = Some(body);
-        let reply = self.phases(&gw, &mut ctx, parts, &mut body).await;
+        let reply = self
+            .phases(&gw, &mut ctx, parts, &mut body)
+            .instrument(span)
+            .await;
         if reply.is_err()
             && let Some(b) = body.take()
         {
@@ -185,6 +207,7 @@ impl Proxy {
             .ok_or(ProxyError::BadRequest("request body already used"))?;
         let inspected =
             inspect::inspect(gw, route, ctx, &parts.headers, body, self.audit.is_some()).await?;
+        let started = std::time::Instant::now();
         let authorized = authorize::authorize(
             gw,
             route,
@@ -192,7 +215,13 @@ impl Proxy {
             inspected.envelope.as_ref(),
             inspected.digest,
             self.audit.as_deref(),
-        )?;
+        );
+        let error = authorized.as_ref().err().map(ProxyError::kind);
+        ctx.log.phase(TimedPhase::Authorize, started, error);
+        let authorized = authorized?;
+        if inspected.envelope.is_some() && !route.config.policy.is_empty() {
+            route.metrics.policy(true);
+        }
         let limits = self.limits.load();
         let permits = limit::limit(
             &limits,
@@ -227,17 +256,37 @@ impl Proxy {
         ctx: &mut RequestCtx<'_>,
         parts: &http::request::Parts,
     ) -> Result<(), ProxyError> {
-        let identity = crate::auth::authenticate(
+        let started = std::time::Instant::now();
+        let result = crate::auth::authenticate(
             &route.config.auth(),
             &gw.issuers,
             &parts.headers,
             parts.uri.query(),
             ctx.conn.client_cert.clone(),
         )
-        .await
-        .map_err(|e| e.challenged(&gw.config.listener.public_url, &route.config.auth()))?;
+        .await;
+        let identity = match result {
+            Ok(identity) => identity,
+            Err(e) => {
+                route.metrics.auth(e.reason());
+                ctx.log
+                    .phase(TimedPhase::Authenticate, started, Some(e.kind()));
+                return Err(e
+                    .challenged(&gw.config.listener.public_url, &route.config.auth())
+                    .into());
+            }
+        };
+        route
+            .metrics
+            .auth(if route.config.auth().require == RequireAuth::None {
+                AuthReason::NotRequired
+            } else {
+                AuthReason::Ok
+            });
+        ctx.log.phase(TimedPhase::Authenticate, started, None);
         if identity.claims.is_some() || identity.cert.is_some() {
-            ctx.log.set_principal(identity.label());
+            ctx.log
+                .set_principal(identity.label(), identity.organisation.as_deref());
         }
         ctx.identity = identity;
         Ok(())
@@ -288,6 +337,7 @@ impl Proxy {
                 resp
             }
             Err(e) => {
+                record_refusal(log.series(), &e);
                 log.set_error(e.kind());
                 log.set_status(e.status());
                 e.into_response()
@@ -298,6 +348,28 @@ impl Proxy {
             crate::auth::origin::add_cors_headers(resp.headers_mut(), origin);
         }
         resp
+    }
+}
+
+/// Counts a refusal in the series of its concern (authentication refusals are counted where
+/// they are decided, with their reason).
+fn record_refusal(series: &RouteMetrics, e: &ProxyError) {
+    match e {
+        ProxyError::Host(_) | ProxyError::Forbidden("host not allowed") => {
+            series.admission(AdmissionRefusal::Host)
+        }
+        ProxyError::Forbidden(_) => series.admission(AdmissionRefusal::Origin),
+        ProxyError::NotFound => series.admission(AdmissionRefusal::NotFound),
+        ProxyError::MethodNotAllowed { .. } => series.admission(AdmissionRefusal::Method),
+        ProxyError::Policy { .. } => series.policy(false),
+        // Scopes a call needs are the policy's to demand (`method_scopes`, `tool_scopes`).
+        ProxyError::Auth(r)
+            if matches!(r.error, crate::auth::AuthError::CallNeedsScopes { .. }) =>
+        {
+            series.policy(false)
+        }
+        ProxyError::Limited { .. } => series.limited(e.kind()),
+        _ => {}
     }
 }
 

@@ -24,6 +24,7 @@ use crate::http::headers::{self, X_ACCEL_BUFFERING};
 use crate::http::{Body, BoxError};
 use crate::mcp::pending::{Close, PendingCalls, SharedCalls};
 use crate::mcp::{self, Envelope, Id, SseAnswerFilter};
+use crate::metrics::UpstreamFailure;
 use crate::policy::Grants;
 use crate::sse::{EndCause, Epilogue, EventTransform, SseOptions, StreamEnd, StreamEndHook};
 
@@ -110,8 +111,11 @@ fn end_hook(route: &RouteState, target: &Target) -> Option<StreamEndHook> {
     let endpoint = route.upstreams.endpoints().get(target.endpoint)?;
     let health = endpoint.health.clone();
     let circuit = route.upstreams.settings().circuit.clone();
+    let series = route.metrics.clone();
+    let index = target.endpoint;
     Some(Arc::new(move |end: &StreamEnd| {
         if end.upstream_failed {
+            series.upstream_failure(index, UpstreamFailure::Body);
             health.report_body_failure(&circuit);
         } else {
             health.report_body_success();
@@ -253,7 +257,7 @@ impl EventTransform for SseAnswerFilter<Arc<Grants>> {
     }
     fn name(&self) -> &'static str {
         // Passing an answer on unfiltered would show forbidden tools or resources.
-        "answer filter"
+        crate::sse::ANSWER_FILTER
     }
 }
 

@@ -42,6 +42,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::http::BoxError;
+use crate::metrics::StreamSeries;
 use crate::telemetry::{AccessLog, Outcome};
 
 const HEARTBEAT_AT_EVENT_BOUNDARY: &[u8] = b": keep-alive\n\n";
@@ -50,6 +51,9 @@ const HEARTBEAT_IN_EVENT: &[u8] = b": keep-alive\n";
 /// The `retry:` (milliseconds) sent when a stream reaches its lifetime: soon enough that the
 /// client does not notice, late enough that a reconnect is not a busy loop.
 pub const LIFETIME_RETRY_MS: u32 = 1000;
+
+/// [`EventTransform::name`] of the answer filter: a stream it ends counts as a filter refusal.
+pub const ANSWER_FILTER: &str = "answer filter";
 
 /// Why a relayed body ended. The access log records it as its outcome; metrics and upstream
 /// health read it from [`StreamEnd`].
@@ -73,7 +77,20 @@ pub enum EndCause {
 }
 
 impl EndCause {
-    /// Label for logs and metrics.
+    /// The `cause` label of `mcp_edge_sse_streams_ended_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            EndCause::ClientGone => "client_gone",
+            EndCause::UpstreamEnded => "upstream_ended",
+            EndCause::UpstreamError => "error",
+            EndCause::UpstreamIdle => "idle",
+            EndCause::Lifetime => "lifetime",
+            EndCause::ClientWriteTimeout => "client_write_timeout",
+            EndCause::Drained => "drain",
+        }
+    }
+
+    /// Label for logs.
     pub fn as_str(self) -> &'static str {
         match self {
             EndCause::ClientGone => "client_gone",
@@ -186,6 +203,38 @@ enum Tail {
 }
 
 impl Tail {
+    /// How many events `chunk` ends, sent after this tail (a blank line ends an event;
+    /// CRLF counts as one line end). Comments, heartbeats included, end no event.
+    fn event_ends(self, chunk: &[u8]) -> usize {
+        let mut at_line_start = self != Tail::MidLine;
+        let mut in_event = self != Tail::EventBoundary;
+        let mut after_cr = false;
+        let mut ends = 0;
+        for &b in chunk {
+            match b {
+                b'\n' if after_cr => after_cr = false,
+                b'\n' | b'\r' => {
+                    after_cr = b == b'\r';
+                    if at_line_start {
+                        if in_event {
+                            ends += 1;
+                        }
+                        in_event = false;
+                    }
+                    at_line_start = true;
+                }
+                _ => {
+                    if at_line_start && b != b':' {
+                        in_event = true;
+                    }
+                    after_cr = false;
+                    at_line_start = false;
+                }
+            }
+        }
+        ends
+    }
+
     fn after(self, chunk: &[u8]) -> Tail {
         let n = chunk.len();
         if n == 0 {
@@ -299,6 +348,10 @@ pub struct RelayBody {
     ending: Option<EndCause>,
     /// Answers appended for unanswered calls.
     injected: usize,
+    /// The route's stream series (event streams only; closes the gauge when dropped).
+    stream: Option<StreamSeries>,
+    /// A transform refused an event (the answer filter): the stream ends for that.
+    refused: bool,
     /// A non-SSE body whose last frame has been handed over (HTTP/1.1 may stop polling
     /// once Content-Length is reached).
     complete: bool,
@@ -326,7 +379,10 @@ impl RelayBody {
             lifetime_due: false,
             last_id: o.lifetime.map(|_| frame::LastEventId::default()),
         });
+        let stream = sse.as_ref().and_then(|_| log.series().stream_opened());
         RelayBody {
+            stream,
+            refused: false,
             inner,
             prefix: None,
             idle_timeout,
@@ -363,6 +419,13 @@ impl RelayBody {
 
     /// Tells the hook, once.
     fn report(&mut self, cause: EndCause) {
+        if let Some(s) = self.stream.take() {
+            s.ended(if self.refused {
+                "filter_refusal"
+            } else {
+                cause.metric_label()
+            });
+        }
         let Some(hook) = self.on_end.take() else {
             return;
         };
@@ -395,6 +458,7 @@ impl RelayBody {
         let (out, answers) = s.epilogue(cause);
         self.injected += answers;
         if answers > 0 {
+            self.log.series().injected_answers(answers);
             tracing::info!(
                 request_id = %self.log.request_id(),
                 cause = cause.as_str(),
@@ -431,6 +495,11 @@ impl RelayBody {
             self.log.set_outcome(Outcome::Complete);
         }
         if let Some(s) = &mut self.sse {
+            if let Some(series) = &self.stream {
+                for _ in 0..s.tail.event_ends(&data) {
+                    series.event();
+                }
+            }
             s.tail = s.tail.after(&data);
             if let Some(l) = &mut s.last_id {
                 l.track(&data);
@@ -511,6 +580,7 @@ impl HttpBody for RelayBody {
                     let out = match s.feed(data) {
                         Ok(out) => out,
                         Err((step, e)) => {
+                            this.refused = step == ANSWER_FILTER;
                             tracing::warn!(request_id = %this.log.request_id(), step, error = %e, "ending SSE stream");
                             return this.end_stream(EndCause::UpstreamError);
                         }
@@ -574,6 +644,9 @@ impl HttpBody for RelayBody {
             // Mid-line a comment would corrupt the event; wait for the next interval.
             Tail::MidLine => return Poll::Pending,
         };
+        if let Some(series) = &this.stream {
+            series.heartbeat();
+        }
         this.emit(Bytes::from_static(beat))
     }
 
@@ -628,6 +701,19 @@ impl Drop for RelayBody {
 #[cfg(test)]
 mod tests {
     use super::Tail;
+
+    #[test]
+    fn counts_the_events_a_chunk_ends() {
+        let t = Tail::EventBoundary;
+        assert_eq!(t.event_ends(b"data: a\n\ndata: b\n\n"), 2);
+        assert_eq!(t.event_ends(b"data: a\r\n\r\n"), 1);
+        assert_eq!(t.event_ends(b"data: a\r\rdata: b\n"), 1);
+        assert_eq!(t.event_ends(b": heartbeat\n\n"), 0);
+        assert_eq!(t.event_ends(b"data: a\n"), 0);
+        assert_eq!(Tail::LineBoundary.event_ends(b"\n"), 1);
+        assert_eq!(Tail::MidLine.event_ends(b"tail\n\n"), 1);
+        assert_eq!(t.event_ends(b"\n\n\n"), 0);
+    }
 
     #[test]
     fn tail_tracks_sse_boundaries() {

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-pub use access::{AccessLog, EndHook, Ended, Outcome};
+pub use access::{AccessLog, EndHook, Ended, Outcome, TimedPhase};
 
 /// Installs the global subscriber. `RUST_LOG` overrides `level`.
 pub fn init(format: LogFormat, level: &str) {
@@ -32,7 +32,10 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // Lines made while serving a request carry its `request` span: request and
+            // trace ids, under `span`.
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };

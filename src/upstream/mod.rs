@@ -13,6 +13,7 @@
 
 pub mod breaker;
 pub mod health;
+pub mod pool;
 pub mod registry;
 pub mod retry;
 mod send;
@@ -37,7 +38,8 @@ pub use retry::RetrySettings;
 pub use send::{Outbound, Sent};
 
 /// The pooled client every route (and its health checks) uses.
-pub(crate) type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
+pub(crate) type Client =
+    hyper_util::client::legacy::Client<HttpsConnector<pool::Counting<HttpConnector>>, Body>;
 
 /// One upstream endpoint of a route.
 #[derive(Debug)]
@@ -76,6 +78,8 @@ pub struct Upstreams {
     settings: UpstreamSettings,
     /// The route's retry budget (kept across reloads by the registry).
     budget: Arc<retry::RetryBudget>,
+    /// Connections the pool made and holds.
+    pool: Arc<pool::PoolCounts>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -87,9 +91,15 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
+    /// Connections this pool holds now, and has made since it was built.
+    pub fn pool_counts(&self) -> (u64, u64) {
+        (self.pool.open(), self.pool.opened())
+    }
+
     /// Builds the pooled client and endpoint list for `route`.
     pub fn new(uris: &[Uri], settings: &UpstreamSettings) -> Result<Self, UpstreamSetupError> {
-        let client = build_client(settings)?;
+        let pool = Arc::new(pool::PoolCounts::default());
+        let client = build_client(settings, pool.clone())?;
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(uris.len());
         for uri in uris {
             let tag = affinity_tag(uri);
@@ -115,6 +125,7 @@ impl Upstreams {
             next: AtomicUsize::new(0),
             settings: settings.clone(),
             budget: Arc::default(),
+            pool,
         })
     }
 
@@ -186,7 +197,22 @@ pub enum SendError {
     BodyTooLarge,
 }
 
-fn build_client(settings: &UpstreamSettings) -> Result<Client, UpstreamSetupError> {
+impl SendError {
+    /// Label for spans (`error.type` of the upstream call).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SendError::Timeout => "upstream_timeout",
+            SendError::CircuitOpen { .. } => "upstream_circuit_open",
+            SendError::Unavailable => "upstream_unavailable",
+            SendError::BodyTooLarge => "body_too_large",
+        }
+    }
+}
+
+fn build_client(
+    settings: &UpstreamSettings,
+    counts: Arc<pool::PoolCounts>,
+) -> Result<Client, UpstreamSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?;
@@ -219,7 +245,7 @@ fn build_client(settings: &UpstreamSettings) -> Result<Client, UpstreamSetupErro
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(pool::Counting::new(http, counts));
     Ok(
         hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 
 use super::breaker::Failure;
 use super::{Endpoint, SendError, Upstreams, error_chain, has_cause, has_io_kind};
+use crate::metrics::{RouteMetrics, UpstreamFailure};
 
 /// A request as it goes to any endpoint of the route: the `Host` header is set per endpoint.
 #[derive(Debug)]
@@ -49,7 +50,12 @@ impl Upstreams {
     /// Sends `out` to endpoint `first`, retrying safe failures on other endpoints (see
     /// [`super::retry`]). Failures are logged here, with the request id and upstream URL, so a
     /// 502/503/504 can be traced.
-    pub async fn send(&self, mut out: Outbound, first: usize) -> Result<Sent, SendError> {
+    pub async fn send(
+        &self,
+        mut out: Outbound,
+        first: usize,
+        series: &RouteMetrics,
+    ) -> Result<Sent, SendError> {
         self.budget.record_request();
         let retry = &self.settings.retry;
         let circuit = &self.settings.circuit;
@@ -73,6 +79,7 @@ impl Upstreams {
                     // Nothing was sent: a sessionless request moves to another available
                     // endpoint (it was chosen before the body was read, and may have been
                     // ejected since); a pinned one has nowhere else to go.
+                    series.upstream_failure(endpoint, UpstreamFailure::CircuitOpen);
                     tried.push(endpoint);
                     let next = (!out.pinned).then(|| self.pick_excluding(&tried)).flatten();
                     match next.map(|n| (n, with_query(&self.endpoints[n].uri, out.uri.query()))) {
@@ -97,6 +104,7 @@ impl Upstreams {
             let failed = match self.attempt(&out, ep, &uri, headers).await {
                 Ok(response) => {
                     let status = response.status();
+                    series.upstream_answer(endpoint, status.as_u16());
                     if status.is_server_error() {
                         permit.failure(circuit, Failure::Status(status.as_u16()));
                     } else {
@@ -113,6 +121,14 @@ impl Upstreams {
             let Some(cause) = failed.cause else {
                 return Err(failed.error);
             };
+            series.upstream_failure(
+                endpoint,
+                if cause == Failure::Timeout {
+                    UpstreamFailure::Timeout
+                } else {
+                    UpstreamFailure::Connect
+                },
+            );
             permit.failure(circuit, cause);
             tried.push(endpoint);
             let safe = cause == Failure::Connect
@@ -287,14 +303,16 @@ mod tests {
         ups.report_body_failure(0);
         assert!(!ups.endpoints()[0].health.serves_sessions(), "ejected");
         let sent = ups
-            .send(outbound(&uris[0], false), 0)
+            .send(outbound(&uris[0], false), 0, &RouteMetrics::default())
             .await
             .expect("sent to the other endpoint");
         assert_eq!(sent.endpoint, 1);
         assert_eq!(sent.uri, uris[1]);
         assert_eq!(sent.response.status(), 200);
         // A pinned request has nowhere else to go.
-        let refused = ups.send(outbound(&uris[0], true), 0).await;
+        let refused = ups
+            .send(outbound(&uris[0], true), 0, &RouteMetrics::default())
+            .await;
         assert!(
             matches!(refused, Err(SendError::CircuitOpen { .. })),
             "{refused:?}"

@@ -7,6 +7,7 @@ mod auth;
 mod certs;
 mod limits;
 mod listener;
+mod metrics;
 mod policy;
 mod routes;
 mod server;
@@ -58,6 +59,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
     let telemetry = telemetry::telemetry(file.telemetry, &|name| {
         std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
     })?;
+    let metrics = metrics::metrics(file.metrics)?;
     Ok(Config {
         source: None,
         listener,
@@ -74,6 +76,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         limits,
         log,
         telemetry,
+        metrics,
         routes,
     })
 }
