@@ -348,6 +348,8 @@ fn fixed_at_start(started: &Config, new: &Config) -> Vec<&'static str> {
     // The exporter (and its connection, headers and sampler) is built once, at start; the
     // `OTEL_*` variables are part of it, but cannot change under a running process.
     check("[telemetry]", new.telemetry != started.telemetry);
+    // Series are per process: which are recorded and how they are labelled is set at start.
+    check("[metrics]", new.metrics != started.metrics);
     check(
         "certs.watch / certs.rescan_interval",
         new.certs.watch != started.certs.watch

@@ -251,7 +251,12 @@ async fn idp_down_keeps_serving_the_last_good_set() {
     server.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(policy.keys().refresh().await.is_err());
-    assert!(policy.keys().status().last_error.is_some());
+    let status = policy.keys().status();
+    assert!(status.last_error.is_some());
+    // What `mcp_edge_jwks_fetches_total` and `_jwks_age_seconds` are made of: the first
+    // fetch succeeded, the three refreshes failed, and the age runs from the first.
+    assert_eq!((status.fetches, status.failures), (4, 3), "{status:?}");
+    assert!(status.last_success.is_some());
     assert!(policy.validate(&key.sign(&claims()), AUD).await.is_ok());
     // Unknown kids still fail as unknown (not as "keys unavailable").
     let other = TestKey::ec("other");

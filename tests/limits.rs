@@ -455,6 +455,21 @@ async fn redis_down_falls_back_to_local_limits_and_returns() {
     let (code, text) = readyz(admin).await;
     assert_eq!(code, 200, "a local fallback is still ready");
     assert!(text.contains("down (fallback local)"), "{text}");
+    let m = metrics(admin).await;
+    assert!(
+        m.contains("mcp_edge_limit_store_up{on_failure=\"local\"} 0\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mcp_edge_limit_rejections_total{route=\"/mcp\",kind=\"rate_limited\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("mcp_edge_limit_store_fallbacks_total ")
+                && l != "mcp_edge_limit_store_fallbacks_total 0"),
+        "{m}"
+    );
 
     redis.restart().await;
     let mut back = false;
@@ -470,7 +485,31 @@ async fn redis_down_falls_back_to_local_limits_and_returns() {
     assert_eq!(status(5).await, 200, "limits are counted in Redis again");
     assert_eq!(status(6).await, 200);
     assert_eq!(status(7).await, 429);
+    let m = metrics(admin).await;
+    assert!(
+        m.contains("mcp_edge_limit_store_up{on_failure=\"local\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mcp_edge_limit_store_transitions_total 2\n"),
+        "down and up again: {m}"
+    );
     proxy.stop().await;
+}
+
+/// `/metrics` in the classic text format.
+async fn metrics(admin: u16) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("admin answers")
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

@@ -541,3 +541,64 @@ async fn metrics_off_records_no_request_series() {
     promtool_check(&scrape_classic(&s).await).await;
     s.proxy.stop().await;
 }
+
+/// Every family `docs/metrics.md` documents is served (those that exist only with an optional
+/// feature are listed), and every family served is documented: the dashboard and alert rules
+/// are checked against the same document by `.ci/check-ops-assets.py`.
+#[tokio::test]
+async fn documented_families_are_the_served_ones() {
+    const CONDITIONAL: &[&str] = &[
+        // `limits.store = "redis"`.
+        "mcp_edge_limit_store_up",
+        "mcp_edge_limit_store_fallbacks_total",
+        "mcp_edge_limit_store_transitions_total",
+        // Issuers with a JWKS URL, or with introspection.
+        "mcp_edge_jwks_age_seconds",
+        "mcp_edge_jwks_fetches_total",
+        "mcp_edge_introspection_requests_total",
+        "mcp_edge_introspection_cache_total",
+        // `[audit]`.
+        "mcp_edge_audit_entries_total",
+    ];
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+        .expect("docs/metrics.md");
+    let mut documented = Vec::new();
+    let families = doc.split_once("## Families").map_or("", |(_, f)| f);
+    let families = families.split("\n## ").next().unwrap_or("");
+    for line in families.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let kind = cells.get(2).copied().unwrap_or("");
+        for name in cells[1].split(", ").map(|n| n.trim_matches('`')) {
+            let name = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            documented.push(name);
+        }
+    }
+    let s = setup("").await;
+    let member = s.idp.token("/mcp", serde_json::json!({"role": "member"}));
+    assert_eq!(
+        post(&s, "/mcp", Some(&member), call(1, "echo"), &[]).await,
+        200
+    );
+    let text = scrape_classic(&s).await;
+    let served: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    for name in &documented {
+        assert!(
+            served.contains(&name.as_str()) || CONDITIONAL.contains(&name.as_str()),
+            "documented but not served: {name}"
+        );
+    }
+    for name in &served {
+        assert!(
+            documented.iter().any(|d| d == name),
+            "served but not documented in docs/metrics.md: {name}"
+        );
+    }
+    s.proxy.stop().await;
+}
