@@ -7,6 +7,7 @@ mod file;
 mod validate;
 
 pub use validate::validate;
+pub use validate::{OtlpHeader, OtlpProtocol, OtlpSettings, Sampling, TelemetrySettings};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,8 @@ use http::Uri;
 
 pub use file::{
     AdminFile, AuthFile, ClientAuthMode, ConfigFile, HttpFile, IssuerFile, ListenerFile, LogFile,
-    LogFormat, RequireAuth, RouteFile, ShutdownFile, SniCertFile, SseFile, TlsFile, Transport,
-    UpstreamDefaultsFile, UpstreamTlsFile,
+    LogFormat, OtlpFile, RequireAuth, RouteFile, ShutdownFile, SniCertFile, SseFile, TelemetryFile,
+    TlsFile, Transport, UpstreamDefaultsFile, UpstreamTlsFile,
 };
 
 // Settings types live with the modules that use them; config builds them and re-exports them
@@ -66,6 +67,24 @@ pub enum ConfigError {
         /// What the operator should do.
         fix: String,
     },
+    /// An environment variable the config reads (`OTEL_*`) has a value that is not acceptable.
+    #[error("environment variable `{variable}`: {problem}; {fix}")]
+    Env {
+        /// The variable.
+        variable: &'static str,
+        /// What is wrong with it (never its value when that may be a secret).
+        problem: String,
+        /// What the operator should do.
+        fix: String,
+    },
+    /// A section this build cannot honour.
+    #[error("`{section}` needs a build with `--features {feature}`; rebuild or remove the section")]
+    NeedsFeature {
+        /// The section, e.g. `[telemetry.otlp]`.
+        section: &'static str,
+        /// The cargo feature that supports it.
+        feature: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -101,6 +120,8 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Logging.
     pub log: LogSettings,
+    /// Trace export (`[telemetry]` and the `OTEL_*` variables); fixed at start.
+    pub telemetry: TelemetrySettings,
     /// Metrics recording and labels.
     pub metrics: MetricsSettings,
     /// Token issuers and identity headers.
