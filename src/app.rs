@@ -31,6 +31,10 @@ pub enum StartError {
     /// Socket activation unusable.
     #[error(transparent)]
     Activation(#[from] crate::systemd::ActivationError),
+    /// The OTLP exporter of `[telemetry.otlp]` could not be set up.
+    #[cfg(feature = "otel")]
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::otel::OtelError),
     /// A socket could not be bound.
     #[error("cannot bind {what} on {addr}: {error}; is another process using the port?")]
     Bind {
@@ -58,6 +62,9 @@ pub struct Running {
     admin_stop: CancellationToken,
     admin_tasks: TaskTracker,
     audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Where sampled requests' spans go; flushed when the last request has ended.
+    #[cfg(feature = "otel")]
+    spans: Option<Arc<crate::telemetry::otel::OtlpSink>>,
     /// Certificate inventory, expiry alerts and metrics.
     pub monitor: Arc<crate::monitor::Monitor>,
     /// Applies certificate and config reloads.
@@ -84,6 +91,13 @@ impl Running {
         {
             tracing::error!(error = %e, "audit log not flushed at exit");
         }
+        // After every connection has ended, so the last requests' spans are queued too.
+        #[cfg(feature = "otel")]
+        if let Some(spans) = &self.spans
+            && let Err(e) = spans.shutdown().await
+        {
+            tracing::warn!(error = %e, "spans still queued at exit were not exported");
+        }
     }
 }
 
@@ -99,6 +113,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     } = prepare(config, Purpose::Start).await?;
     for w in &warnings {
         w.log();
+    }
+    #[cfg(feature = "otel")]
+    let spans = span_sink(&config.telemetry)?;
+    #[cfg(not(feature = "otel"))]
+    if let Some(v) = config.telemetry.ignored_variable {
+        tracing::warn!(
+            variable = v,
+            "set, but this build has no `otel` feature: no traces are exported"
+        );
     }
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
@@ -139,7 +162,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
         Some(a) => Some(Arc::new(crate::audit::AuditLog::open(&a.file, a.options)?)),
     };
-    let proxy = Arc::new(Proxy::new(gateway, shutdown.clone(), audit.clone()));
+    #[allow(unused_mut)] // only the `otel` feature adds to it
+    let mut proxy = Proxy::new(gateway, shutdown.clone(), audit.clone());
+    #[cfg(feature = "otel")]
+    if let Some(s) = &spans {
+        proxy = proxy.with_span_sink(s.clone());
+    }
+    let proxy = Arc::new(proxy);
     let tls = Arc::new(ArcSwap::new(material.config.clone()));
     let reloader = Arc::new(crate::reload::Reloader::new(
         config.source.clone(),
@@ -197,10 +226,37 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_stop,
         admin_tasks,
         audit,
+        #[cfg(feature = "otel")]
+        spans,
         reloader,
         monitor,
         watcher_stop,
     })
+}
+
+/// The OTLP sink of `[telemetry.otlp]`, when export is on.
+#[cfg(feature = "otel")]
+fn span_sink(
+    t: &crate::config::TelemetrySettings,
+) -> Result<Option<Arc<crate::telemetry::otel::OtlpSink>>, StartError> {
+    if let Some(v) = t.disabled_by {
+        tracing::info!(variable = v, "trace export turned off by the environment");
+    }
+    let Some(o) = &t.otlp else {
+        return Ok(None);
+    };
+    let sink = crate::telemetry::otel::OtlpSink::new(o)?;
+    // Header names only: their values are credentials.
+    let headers: Vec<&str> = o.headers.iter().map(|h| h.name.as_str()).collect();
+    tracing::info!(
+        endpoint = %o.endpoint,
+        protocol = o.protocol.as_str(),
+        sampler = %o.sampling,
+        service_name = %o.service_name,
+        headers = ?headers,
+        "exporting traces over OTLP"
+    );
+    Ok(Some(Arc::new(sink)))
 }
 
 /// Runs until SIGTERM or Ctrl-C, then drains; a second signal forces an immediate stop.

@@ -74,6 +74,7 @@ fn summary(path: &Path, prepared: &Prepared, now: SystemTime) -> String {
             cfg.limits.on_store_failure.as_str()
         );
     }
+    telemetry(&mut out, &cfg.telemetry);
     if let Some(a) = &cfg.admin {
         let _ = writeln!(out, "admin: {}", a.bind);
     }
@@ -82,4 +83,39 @@ fn summary(path: &Path, prepared: &Prepared, now: SystemTime) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// The trace export line, when `[telemetry.otlp]` or a variable asks for one. Header values
+/// are credentials: only their names and where they came from are shown.
+fn telemetry(out: &mut String, t: &config::TelemetrySettings) {
+    if let Some(o) = &t.otlp {
+        let headers: Vec<String> = o
+            .headers
+            .iter()
+            .map(|h| {
+                let from = if h.from_env { "environment" } else { "file" };
+                format!("{}=<redacted> ({from})", h.name)
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "telemetry: OTLP {} to {} ({}), sampler {}, service.name {:?}, timeout {}, headers [{}]",
+            o.protocol.as_str(),
+            o.endpoint,
+            o.endpoint_source,
+            o.sampling,
+            o.service_name,
+            humantime::format_duration(o.timeout),
+            headers.join(", ")
+        );
+    }
+    if let Some(v) = t.disabled_by {
+        let _ = writeln!(out, "telemetry: OTLP export turned off by {v}");
+    }
+    if let Some(v) = t.ignored_variable {
+        let _ = writeln!(
+            out,
+            "warning: {v} is set, but this build has no `otel` feature: no traces are exported"
+        );
+    }
 }

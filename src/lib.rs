@@ -22,7 +22,10 @@
 //!   framing.
 //!
 //! Beside the path: [`config`] (typed, validated config), [`certs`] (PEM loading and checks),
-//! [`telemetry`] (logs, access log), [`shutdown`] (drain signals), [`admin`] (health
+//! [`telemetry`] (the request record written at the end: access log, metrics, spans; W3C
+//! trace context), [`metrics`] (the metric families and each route's series; a leaf module,
+//! like [`glob`], the config's one pattern language), [`monitor`] (expiry checks and the
+//! `/metrics` exposition), [`shutdown`] (drain signals), [`admin`] (health
 //! endpoints), [`prepare`] (config to a servable snapshot, shared by start, reload and
 //! `check`), [`app`] (wiring), [`reload`] (live reloads), [`check`] (`mcp-edge check`) and
 //! [`demo`] (`mcp-edge demo`).
@@ -39,6 +42,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod demo;
+pub mod glob;
 pub mod http;
 pub mod limits;
 pub mod listener;

@@ -303,7 +303,7 @@ impl Reloader {
 }
 
 /// Settings that changed since start but only take effect after a restart (they are bound
-/// to sockets, the connection builder, the logger or open files).
+/// to sockets, the connection builder, the logger, the span exporter or open files).
 fn fixed_at_start(started: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     let mut check = |name: &'static str, differs: bool| {
@@ -345,6 +345,9 @@ fn fixed_at_start(started: &Config, new: &Config) -> Vec<&'static str> {
         "[audit]",
         format!("{:?}", new.audit) != format!("{:?}", started.audit),
     );
+    // The exporter (and its connection, headers and sampler) is built once, at start; the
+    // `OTEL_*` variables are part of it, but cannot change under a running process.
+    check("[telemetry]", new.telemetry != started.telemetry);
     // Series are per process: which are recorded and how they are labelled is set at start.
     check("[metrics]", new.metrics != started.metrics);
     check(
@@ -524,4 +527,59 @@ pub fn spawn_watcher(
             let _ = reloader.reload_tls().await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let text = r#"
+[listener]
+bind = "127.0.0.1:8443"
+public_url = "https://localhost:8443"
+[listener.tls]
+cert = "server.pem"
+key = "server.key"
+[[routes]]
+path = "/mcp"
+upstream = "http://127.0.0.1:9000/mcp"
+"#;
+        crate::config::parse(text, Path::new("edge.toml"), Path::new("/etc/mcp-edge"))
+            .expect("valid config")
+    }
+
+    #[test]
+    fn telemetry_changes_need_a_restart() {
+        let started = config();
+        assert!(fixed_at_start(&started, &config()).is_empty());
+        let mut new = config();
+        // As `[telemetry.otlp]` (or an `OTEL_*` variable) resolves in an `otel` build.
+        new.telemetry.otlp = Some(crate::config::OtlpSettings {
+            endpoint: "http://127.0.0.1:4318/v1/traces".to_owned(),
+            endpoint_source: "default",
+            protocol: crate::config::OtlpProtocol::HttpProtobuf,
+            sampling: crate::config::Sampling {
+                parent_based: true,
+                ratio: 1.0,
+            },
+            service_name: "mcp-edge".to_owned(),
+            timeout: Duration::from_secs(10),
+            headers: Vec::new(),
+        });
+        assert_eq!(fixed_at_start(&started, &new), ["[telemetry]"]);
+        let mut other = new.clone();
+        if let Some(o) = other.telemetry.otlp.as_mut() {
+            o.headers.push(crate::config::OtlpHeader {
+                name: "x-api-key".to_owned(),
+                value: "rotated".to_owned(),
+                from_env: false,
+            });
+        }
+        assert_eq!(
+            fixed_at_start(&new, &other),
+            ["[telemetry]"],
+            "a new header value counts, though it is never shown"
+        );
+    }
 }

@@ -8,11 +8,13 @@ use serde::Deserialize;
 
 mod limits;
 mod metrics;
+mod telemetry;
 
 pub use crate::auth::identity::RequireAuth;
 pub use crate::auth::mtls::ClientAuthMode;
 pub use limits::{LimitStoreKind, LimitsFile, RouteLimitsFile, ToolLimitFile};
 pub use metrics::MetricsFile;
+pub use telemetry::{OtlpFile, TelemetryFile};
 
 /// Top level of `mcp-edge.toml`.
 #[derive(Debug, Deserialize)]
@@ -48,6 +50,9 @@ pub struct ConfigFile {
     /// `[log]`
     #[serde(default)]
     pub log: LogFile,
+    /// `[telemetry]`: OpenTelemetry trace export.
+    #[serde(default)]
+    pub telemetry: TelemetryFile,
     /// `[metrics]`: which series are recorded and how they are labelled.
     #[serde(default)]
     pub metrics: MetricsFile,

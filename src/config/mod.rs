@@ -7,6 +7,7 @@ mod file;
 mod validate;
 
 pub use validate::validate;
+pub use validate::{OtlpHeader, OtlpProtocol, OtlpSettings, Sampling, TelemetrySettings};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,8 @@ use http::Uri;
 
 pub use file::{
     AdminFile, AuthFile, ClientAuthMode, ConfigFile, HttpFile, IssuerFile, ListenerFile, LogFile,
-    LogFormat, RequireAuth, RouteFile, ShutdownFile, SniCertFile, SseFile, TlsFile, Transport,
-    UpstreamDefaultsFile, UpstreamTlsFile,
+    LogFormat, OtlpFile, RequireAuth, RouteFile, ShutdownFile, SniCertFile, SseFile, TelemetryFile,
+    TlsFile, Transport, UpstreamDefaultsFile, UpstreamTlsFile,
 };
 
 // Settings types live with the modules that use them; config builds them and re-exports them
@@ -29,6 +30,7 @@ pub use crate::certs::alerts::CertsSettings;
 pub use crate::certs::alerts::WebhookSettings;
 pub use crate::http::server::HttpLimits;
 pub use crate::limits::LimitSettings;
+pub use crate::metrics::MetricsSettings;
 pub use crate::session::SessionSettings;
 pub use crate::tls::ServerTls;
 pub use crate::tls::SniCert;
@@ -65,6 +67,24 @@ pub enum ConfigError {
         /// What the operator should do.
         fix: String,
     },
+    /// An environment variable the config reads (`OTEL_*`) has a value that is not acceptable.
+    #[error("environment variable `{variable}`: {problem}; {fix}")]
+    Env {
+        /// The variable.
+        variable: &'static str,
+        /// What is wrong with it (never its value when that may be a secret).
+        problem: String,
+        /// What the operator should do.
+        fix: String,
+    },
+    /// A section this build cannot honour.
+    #[error("`{section}` needs a build with `--features {feature}`; rebuild or remove the section")]
+    NeedsFeature {
+        /// The section, e.g. `[telemetry.otlp]`.
+        section: &'static str,
+        /// The cargo feature that supports it.
+        feature: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -100,6 +120,8 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Logging.
     pub log: LogSettings,
+    /// Trace export (`[telemetry]` and the `OTEL_*` variables); fixed at start.
+    pub telemetry: TelemetrySettings,
     /// Metrics recording and labels.
     pub metrics: MetricsSettings,
     /// Token issuers and identity headers.
@@ -176,30 +198,6 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// Default filter directive (overridden by `RUST_LOG`).
     pub level: String,
-}
-
-/// Validated `[metrics]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsSettings {
-    /// Whether request-path series are recorded (restart to change).
-    pub enabled: bool,
-    /// Tools labelled on every route beside those its policy and limits name.
-    pub tool_labels: Vec<String>,
-    /// Whether requests are labelled by organisation.
-    pub organisation_label: bool,
-    /// The organisations labelled by name.
-    pub organisations: Vec<String>,
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        MetricsSettings {
-            enabled: true,
-            tool_labels: Vec::new(),
-            organisation_label: false,
-            organisations: Vec::new(),
-        }
-    }
 }
 
 /// A validated route: one public path relayed to one or more upstream endpoints.

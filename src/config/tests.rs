@@ -5,6 +5,7 @@ use super::*;
 
 mod limits;
 mod metrics;
+mod telemetry;
 
 use std::path::Path;
 use std::time::Duration;

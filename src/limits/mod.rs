@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::policy::Glob;
+use crate::glob::Glob;
 
 pub use local::Permits;
 use local::{Counters, LocalBuckets};

@@ -12,7 +12,6 @@
 pub mod histogram;
 pub mod labels;
 pub mod route;
-pub mod snapshot;
 pub mod text;
 
 use std::borrow::Cow;
@@ -23,11 +22,34 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::config::MetricsSettings;
 pub use histogram::Histogram;
 pub use route::{
     AdmissionRefusal, AuthReason, Op, RouteMetrics, StreamSeries, ToolIndex, UpstreamFailure,
 };
+
+/// Validated `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Whether request-path series are recorded (restart to change).
+    pub enabled: bool,
+    /// Tools labelled on every route beside those its policy and limits name.
+    pub tool_labels: Vec<String>,
+    /// Whether requests are labelled by organisation.
+    pub organisation_label: bool,
+    /// The organisations labelled by name.
+    pub organisations: Vec<String>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: true,
+            tool_labels: Vec::new(),
+            organisation_label: false,
+            organisations: Vec::new(),
+        }
+    }
+}
 
 /// Labels of a series: names and values, built only when a series is first created.
 pub type Labels = Vec<(&'static str, Cow<'static, str>)>;
@@ -338,11 +360,11 @@ impl Metrics {
 }
 
 /// `(name, value)` with a borrowed value.
-fn label(name: &'static str, value: &'static str) -> (&'static str, Cow<'static, str>) {
+pub fn label(name: &'static str, value: &'static str) -> (&'static str, Cow<'static, str>) {
     (name, Cow::Borrowed(value))
 }
 
 /// `(name, value)` with an owned value.
-fn owned(name: &'static str, value: &str) -> (&'static str, Cow<'static, str>) {
+pub fn owned(name: &'static str, value: &str) -> (&'static str, Cow<'static, str>) {
     (name, Cow::Owned(value.to_owned()))
 }

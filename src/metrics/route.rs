@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::labels::{self, METHOD_COUNT};
 use super::{Histogram, Labels, Metrics, label, owned};
-use crate::policy::Glob;
+use crate::glob::Glob;
 
 /// Which tool label a call gets: index 0 is no tool (empty label), 1 is `other`, then the
 /// names and patterns of the route's policy and `metrics.tool_labels`.
@@ -33,7 +33,7 @@ impl ToolIndex {
             }
             let i = labels.len() as u16;
             labels.push(Arc::from(t));
-            if t.contains(['*', '?']) {
+            if t.contains('*') {
                 patterns.push((Glob::new(t), i));
             } else {
                 names.push((Box::from(t), i));

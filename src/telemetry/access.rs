@@ -86,8 +86,17 @@ pub struct AccessLog {
     upstream_sent: Option<Instant>,
     upstream_head: Option<Instant>,
     trace: TraceContext,
-    /// The sink and spans of a sampled request.
-    spans: Option<(Arc<dyn SpanSink>, Box<RequestSpans>)>,
+    /// Where spans go, when tracing is configured.
+    sink: Option<Arc<dyn SpanSink>>,
+    /// The spans of a sampled request: what only they need (span ids, the upstream call, the
+    /// JSON-RPC id). Attributes and phase timings are kept in this record and copied in when
+    /// they are exported, so a sampling decision made late (a `_meta` context) loses nothing.
+    spans: Option<Box<RequestSpans>>,
+    /// `authenticate` and `authorize`, timed.
+    auth_phase: Option<Phase>,
+    policy_phase: Option<Phase>,
+    /// `MCP-Protocol-Version` as sent.
+    protocol_version: Option<HeaderValue>,
     /// The span log lines made while serving the request are made in (request id, trace id).
     span: tracing::Span,
 }
@@ -156,18 +165,26 @@ impl AccessLog {
             upstream_sent: None,
             upstream_head: None,
             trace,
+            sink: sink.cloned(),
             spans: None,
+            auth_phase: None,
+            policy_phase: None,
+            protocol_version: None,
             span,
         };
-        if let Some(sink) = sink {
-            log.sample(sink.clone());
-        }
+        log.sample();
         log
     }
 
-    /// Starts the spans if `sink` samples the current context.
-    fn sample(&mut self, sink: Arc<dyn SpanSink>) {
+    /// Starts or drops the spans as the sink samples the current context.
+    fn sample(&mut self) {
+        let Some(sink) = &self.sink else { return };
         if !sink.sample(&self.trace) {
+            self.spans = None;
+            return;
+        }
+        if let Some(s) = &mut self.spans {
+            s.context = self.trace;
             return;
         }
         let mut spans = RequestSpans::new(
@@ -184,7 +201,7 @@ impl AccessLog {
             .start_time
             .checked_sub(elapsed)
             .unwrap_or(spans.start_time);
-        self.spans = Some((sink, Box::new(spans)));
+        self.spans = Some(Box::new(spans));
     }
 
     /// The span to make log lines in while serving this request.
@@ -206,10 +223,7 @@ impl AccessLog {
         self.trace = meta;
         self.span
             .record("trace_id", tracing::field::display(meta.trace_id_hex()));
-        let sink = self.spans.take().map(|(sink, _)| sink);
-        if let Some(sink) = sink {
-            self.sample(sink);
-        }
+        self.sample();
     }
 
     /// Whether this request's spans are recorded.
@@ -239,9 +253,6 @@ impl AccessLog {
 
     /// Records the matched route and its series.
     pub fn set_route(&mut self, route: Arc<str>, series: Arc<RouteMetrics>) {
-        if let Some((_, s)) = &mut self.spans {
-            s.route = Some(route.clone());
-        }
         self.route = Some(route);
         self.series = series;
     }
@@ -288,32 +299,31 @@ impl AccessLog {
         self.operation = is_request;
         self.version = labels::version_index(version.map(HeaderValue::as_bytes));
         self.bytes_in = body_len as u64;
-        if let Some((_, s)) = &mut self.spans {
-            s.mcp_method = method.map(str::to_owned);
-            s.tool = tool.map(str::to_owned);
-            s.protocol_version = version.and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if self.sink.is_some() {
+            self.protocol_version = version.cloned();
         }
     }
 
     /// Records the JSON-RPC id of the request, for its span.
     pub fn set_jsonrpc_id(&mut self, id: impl FnOnce() -> String) {
-        if let Some((_, s)) = &mut self.spans {
+        if let Some(s) = &mut self.spans {
             s.jsonrpc_id = Some(id());
         }
     }
 
     /// Records a timed phase (`authenticate` or `authorize`) for the spans.
     pub fn phase(&mut self, which: TimedPhase, start: Instant, error: Option<&'static str>) {
-        if let Some((_, s)) = &mut self.spans {
-            let p = Some(Phase {
-                start,
-                end: Instant::now(),
-                error,
-            });
-            match which {
-                TimedPhase::Authenticate => s.auth = p,
-                TimedPhase::Authorize => s.policy = p,
-            }
+        if self.sink.is_none() {
+            return;
+        }
+        let p = Some(Phase {
+            start,
+            end: Instant::now(),
+            error,
+        });
+        match which {
+            TimedPhase::Authenticate => self.auth_phase = p,
+            TimedPhase::Authorize => self.policy_phase = p,
         }
     }
 
@@ -323,7 +333,7 @@ impl AccessLog {
         let now = Instant::now();
         self.upstream_sent = Some(now);
         match &mut self.spans {
-            Some((_, s)) => {
+            Some(s) => {
                 let call = UpstreamCall {
                     span_id: super::trace::span_id(),
                     start: now,
@@ -349,7 +359,7 @@ impl AccessLog {
         if result.is_ok() {
             self.upstream_head = Some(now);
         }
-        if let Some((_, s)) = &mut self.spans
+        if let Some(s) = &mut self.spans
             && let Some(call) = &mut s.upstream
         {
             call.head = Some(now);
@@ -430,10 +440,24 @@ impl Drop for AccessLog {
             ttfb,
             organisation: self.organisation,
         });
-        if let Some((sink, mut spans)) = self.spans.take() {
+        if let (Some(sink), Some(mut spans)) = (&self.sink, self.spans.take()) {
             spans.ended = Some(Instant::now());
             spans.status = self.status;
             spans.error_type = error.map(str::to_owned);
+            spans.route = self.route.clone();
+            spans.mcp_method = self
+                .mcp_method
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            spans.tool = self.tool.as_deref().map(str::to_owned);
+            spans.protocol_version = self
+                .protocol_version
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            spans.auth = self.auth_phase;
+            spans.policy = self.policy_phase;
             sink.export(*spans);
         }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -6,8 +6,11 @@
 //! - [`trace`]: W3C trace context (`traceparent` from headers or `params._meta`), the timings
 //!   a request's spans are made of, and the [`trace::SpanSink`] that exports them (OTLP with
 //!   the `otel` feature).
+//! - `otel` (`otel` feature only): the OTLP exporter behind that sink.
 
 pub mod access;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod trace;
 
 use tracing_subscriber::EnvFilter;

@@ -15,6 +15,8 @@ pub mod https;
 pub mod idp;
 pub mod introspection_server;
 pub mod jwks_server;
+#[cfg(feature = "otel")]
+pub mod otlp;
 pub mod process;
 pub mod raw;
 pub mod recording;

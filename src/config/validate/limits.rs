@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::nonzero;
 use crate::config::ConfigError;
 use crate::config::file::{LimitStoreKind, LimitsFile, RouteLimitsFile, ToolLimitFile};
+use crate::glob::Glob;
 use crate::limits::{LimitSettings, Rate, RedisSettings, RouteLimits, Store, ToolRate};
-use crate::policy::Glob;
 
 /// The largest rate accepted: beyond it a limit protects nothing and intervals round to 0.
 const MAX_RATE: f64 = 1_000_000.0;

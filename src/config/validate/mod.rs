@@ -11,7 +11,10 @@ mod metrics;
 mod policy;
 mod routes;
 mod server;
+pub(in crate::config) mod telemetry;
 mod upstream;
+
+pub use telemetry::{OtlpHeader, OtlpProtocol, OtlpSettings, Sampling, TelemetrySettings};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +54,11 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         route.limits = l;
     }
     let log = server::log(file.log)?;
+    // Each load reads the process environment; it does not change after start, so a reload
+    // resolves the variables as start-up did.
+    let telemetry = telemetry::telemetry(file.telemetry, &|name| {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    })?;
     let metrics = metrics::metrics(file.metrics)?;
     Ok(Config {
         source: None,
@@ -67,6 +75,7 @@ pub fn validate(file: ConfigFile, base_dir: &Path) -> Result<Config, ConfigError
         auth,
         limits,
         log,
+        telemetry,
         metrics,
         routes,
     })

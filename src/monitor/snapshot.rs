@@ -1,7 +1,6 @@
 //! Families made at scrape time from snapshots the proxy keeps anyway (endpoint health, the
 //! limit store, identity providers, the process): nothing on the request path records them.
 
-use std::borrow::Cow;
 use std::time::SystemTime;
 
 use prometheus_client::metrics::counter::ConstCounter;
@@ -9,9 +8,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::{Labels, label, owned};
 use crate::auth::bearer::IssuerStatus;
 use crate::limits::StoreStatus;
+use crate::metrics::{Labels, label, owned};
 use crate::upstream::{CircuitState, EndpointSnapshot};
 
 /// The commit the binary was built from (`MCP_EDGE_COMMIT` at build time, else git's).
@@ -292,9 +291,4 @@ fn read_process() -> Option<ProcessFigures> {
 /// `sysconf(_SC_CLK_TCK)`: 100 on every Linux this runs on (the kernel's USER_HZ).
 fn clock_ticks() -> u64 {
     100
-}
-
-/// A label pair from a borrowed or owned value (for callers outside this module).
-pub fn pair(name: &'static str, value: String) -> (&'static str, Cow<'static, str>) {
-    (name, Cow::Owned(value))
 }

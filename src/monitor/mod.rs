@@ -5,6 +5,8 @@
 //! the [`Alerter`] (logs, webhook, command, rate-limited), and keeps the latest copy for
 //! `/metrics`, `/certs` and `/readyz`, so scrapes never touch the disk.
 
+mod snapshot;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -19,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::alerts::Alerter;
 use crate::certs::inventory::{CertKind, CertStatus, Level, Report, inventory};
-use crate::metrics::snapshot;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 
