@@ -82,7 +82,8 @@ fn parse_args() -> Args {
             "-H" => {
                 let h = v();
                 let (n, val) = h.split_once(':').unwrap_or_else(|| usage());
-                a.headers.push((n.trim().to_string(), val.trim().to_string()));
+                a.headers
+                    .push((n.trim().to_string(), val.trim().to_string()));
             }
             _ => usage(),
         }
@@ -123,7 +124,9 @@ fn own_ticks() -> u64 {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn pct(sorted: &[u32], p: f64) -> u32 {
@@ -154,8 +157,16 @@ fn parse_url(url: &str) -> Target {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h).to_string();
-    Target { tls, host, addr: hostport.replace("localhost", "127.0.0.1"), path: path.into() }
+    let host = hostport
+        .rsplit_once(':')
+        .map_or(hostport, |(h, _)| h)
+        .to_string();
+    Target {
+        tls,
+        host,
+        addr: hostport.replace("localhost", "127.0.0.1"),
+        path: path.into(),
+    }
 }
 
 #[derive(Default)]
@@ -181,7 +192,10 @@ async fn open_stream(
         let tcp = TcpStream::connect(&t.addr).await?;
         tcp.set_nodelay(true)?;
         let mut req = http::Request::get(t.path.as_str())
-            .header("host", format!("{}:{}", t.host, t.addr.rsplit(':').next().unwrap_or("")))
+            .header(
+                "host",
+                format!("{}:{}", t.host, t.addr.rsplit(':').next().unwrap_or("")),
+            )
             .header("accept", "text/event-stream");
         for (k, v) in headers.iter() {
             req = req.header(k.as_str(), v.as_str());
@@ -189,7 +203,9 @@ async fn open_stream(
         let req = req.body(Empty::<Bytes>::new())?;
         let resp = if t.tls {
             let name = ServerName::try_from(t.host.clone())?;
-            let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await?;
             let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
             tokio::spawn(conn);
             send.send_request(req).await?
@@ -260,7 +276,9 @@ async fn sse_stream(
                 return r;
             }
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         let recv = now_us();
         buf.extend_from_slice(&data);
         // Complete lines only; the rest waits for the next frame.
@@ -273,13 +291,19 @@ async fn sse_stream(
                     .iter()
                     .take_while(|b| b.is_ascii_digit())
                     .fold(0, |a, &b| a * 10 + u64::from(b - b'0'));
-                let (w0, w1) = (window.0.load(Ordering::Relaxed), window.1.load(Ordering::Relaxed));
+                let (w0, w1) = (
+                    window.0.load(Ordering::Relaxed),
+                    window.1.load(Ordering::Relaxed),
+                );
                 if w0 != 0 && recv >= w0 && (w1 == 0 || recv < w1) {
                     r.events_in_window += 1;
-                    r.lat.push(recv.saturating_sub(digits).min(u64::from(u32::MAX)) as u32);
+                    r.lat
+                        .push(recv.saturating_sub(digits).min(u64::from(u32::MAX)) as u32);
                     let now = Instant::now();
                     if let Some(prev) = last_event {
-                        r.max_gap_us = r.max_gap_us.max(now.duration_since(prev).as_micros() as u64);
+                        r.max_gap_us = r
+                            .max_gap_us
+                            .max(now.duration_since(prev).as_micros() as u64);
                     }
                     last_event = Some(now);
                 }
@@ -430,7 +454,11 @@ async fn handshake(a: Args) {
         let _ = t.await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let (f, r, e) = (full.load(Ordering::Relaxed), resumed.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (f, r, e) = (
+        full.load(Ordering::Relaxed),
+        resumed.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
     println!(
         "{{\"handshakes\":{},\"per_s\":{:.0},\"full\":{f},\"resumed\":{r},\"failed\":{e},\"secs\":{secs:.2}}}",
         f + r,
@@ -440,7 +468,10 @@ async fn handshake(a: Args) {
 
 fn main() {
     let a = parse_args();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     match a.mode.as_str() {
         "sse" => rt.block_on(sse(a)),
         "handshake" => rt.block_on(handshake(a)),

@@ -38,48 +38,52 @@ async fn main() -> std::io::Result<()> {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(
                 move |req: http::Request<hyper::body::Incoming>| async move {
-                    let resp: http::Response<Body> =
-                        if req.method() == http::Method::GET && req.uri().path() == "/healthz" {
-                            http::Response::builder()
-                                .header("content-type", "text/plain")
-                                .body(Full::new(Bytes::from_static(b"ok")).boxed_unsync())
-                                .unwrap_or_default()
-                        } else if req.method() == http::Method::GET {
-                            let (interval, pad, stamp) =
-                                stream_params(req.uri(), interval, pad_bytes);
-                            let events = futures_util::stream::unfold(0u64, move |n| {
-                                let pad = pad.clone();
-                                async move {
-                                    tokio::time::sleep(interval).await;
-                                    let ev = if stamp {
-                                        let t = std::time::SystemTime::now()
-                                            .duration_since(std::time::UNIX_EPOCH)
-                                            .map_or(0, |d| d.as_micros());
-                                        Bytes::from(format!(
-                                            "id: {n}\ndata: {{\"n\":{n},\"t\":{t}{}}}\n\n",
-                                            if pad.is_empty() { String::new() } else { format!(",\"pad\":\"{pad}\"") }
-                                        ))
-                                    } else if pad.is_empty() {
-                                        Bytes::from(format!("id: {n}\ndata: {{\"n\":{n}}}\n\n"))
-                                    } else {
-                                        Bytes::from(format!(
-                                            "id: {n}\ndata: {{\"n\":{n},\"pad\":\"{pad}\"}}\n\n"
-                                        ))
-                                    };
-                                    Some((Ok::<_, Infallible>(Frame::data(ev)), n + 1))
-                                }
-                            });
-                            http::Response::builder()
-                                .header("content-type", "text/event-stream")
-                                .body(StreamBody::new(events).boxed_unsync())
-                                .unwrap_or_default()
-                        } else {
-                            let _ = req.into_body().collect().await;
-                            http::Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from_static(RESULT)).boxed_unsync())
-                                .unwrap_or_default()
-                        };
+                    let resp: http::Response<Body> = if req.method() == http::Method::GET
+                        && req.uri().path() == "/healthz"
+                    {
+                        http::Response::builder()
+                            .header("content-type", "text/plain")
+                            .body(Full::new(Bytes::from_static(b"ok")).boxed_unsync())
+                            .unwrap_or_default()
+                    } else if req.method() == http::Method::GET {
+                        let (interval, pad, stamp) = stream_params(req.uri(), interval, pad_bytes);
+                        let events = futures_util::stream::unfold(0u64, move |n| {
+                            let pad = pad.clone();
+                            async move {
+                                tokio::time::sleep(interval).await;
+                                let ev = if stamp {
+                                    let t = std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .map_or(0, |d| d.as_micros());
+                                    Bytes::from(format!(
+                                        "id: {n}\ndata: {{\"n\":{n},\"t\":{t}{}}}\n\n",
+                                        if pad.is_empty() {
+                                            String::new()
+                                        } else {
+                                            format!(",\"pad\":\"{pad}\"")
+                                        }
+                                    ))
+                                } else if pad.is_empty() {
+                                    Bytes::from(format!("id: {n}\ndata: {{\"n\":{n}}}\n\n"))
+                                } else {
+                                    Bytes::from(format!(
+                                        "id: {n}\ndata: {{\"n\":{n},\"pad\":\"{pad}\"}}\n\n"
+                                    ))
+                                };
+                                Some((Ok::<_, Infallible>(Frame::data(ev)), n + 1))
+                            }
+                        });
+                        http::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(StreamBody::new(events).boxed_unsync())
+                            .unwrap_or_default()
+                    } else {
+                        let _ = req.into_body().collect().await;
+                        http::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(RESULT)).boxed_unsync())
+                            .unwrap_or_default()
+                    };
                     Ok::<_, Infallible>(resp)
                 },
             );
