@@ -257,8 +257,9 @@ impl Proxy {
         parts: &http::request::Parts,
     ) -> Result<(), ProxyError> {
         let started = std::time::Instant::now();
+        let auth = route.config.auth();
         let result = crate::auth::authenticate(
-            &route.config.auth(),
+            &auth,
             &gw.issuers,
             &parts.headers,
             parts.uri.query(),
@@ -271,18 +272,14 @@ impl Proxy {
                 route.metrics.auth(e.reason());
                 ctx.log
                     .phase(TimedPhase::Authenticate, started, Some(e.kind()));
-                return Err(e
-                    .challenged(&gw.config.listener.public_url, &route.config.auth())
-                    .into());
+                return Err(e.challenged(&gw.config.listener.public_url, &auth).into());
             }
         };
-        route
-            .metrics
-            .auth(if route.config.auth().require == RequireAuth::None {
-                AuthReason::NotRequired
-            } else {
-                AuthReason::Ok
-            });
+        route.metrics.auth(if auth.require == RequireAuth::None {
+            AuthReason::NotRequired
+        } else {
+            AuthReason::Ok
+        });
         ctx.log.phase(TimedPhase::Authenticate, started, None);
         if identity.claims.is_some() || identity.cert.is_some() {
             ctx.log

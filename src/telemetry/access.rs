@@ -226,11 +226,6 @@ impl AccessLog {
         self.sample();
     }
 
-    /// Whether this request's spans are recorded.
-    pub fn traced(&self) -> bool {
-        self.spans.is_some()
-    }
-
     /// Keeps `guard` until the answer ends.
     pub fn hold(&mut self, guard: Box<dyn std::any::Any + Send>) {
         self.held = Some(guard);
