@@ -194,11 +194,12 @@ impl Grants {
         }
     }
 
-    fn reason(&self) -> String {
-        if !self.restricted {
-            "no rules on route".to_owned()
-        } else {
-            format!("rules: {}", self.rules.join(", "))
+    /// The audit reason of a message these grants let through.
+    pub fn reason(&self, allowed: Allowed) -> String {
+        match allowed {
+            Allowed::AnswerToServer => "answer to a server request".to_owned(),
+            Allowed::ByRules if !self.restricted => "no rules on route".to_owned(),
+            Allowed::ByRules => format!("rules: {}", self.rules.join(", ")),
         }
     }
 }
@@ -212,11 +213,20 @@ impl crate::mcp::filter::Visibility for Grants {
     }
 }
 
+/// Why a message may pass; its text ([`Grants::reason`]) is made only for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// An answer to a request the server sent (no method to check).
+    AnswerToServer,
+    /// The route's methods, scopes and the principal's rules allow it.
+    ByRules,
+}
+
 /// The outcome of checking one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Forward it; the reason goes to the audit log.
-    Allow(String),
+    Allow(Allowed),
     /// Refuse it (403 with a JSON-RPC error); the reason goes to the client and the audit log.
     Deny(String),
     /// Refuse it with a 403 `insufficient_scope` challenge listing every scope it needs.
@@ -261,7 +271,7 @@ impl RoutePolicy {
         msg: &Message,
     ) -> Verdict {
         let Some(method) = msg.method.as_deref() else {
-            return Verdict::Allow("answer to a server request".to_owned());
+            return Verdict::Allow(Allowed::AnswerToServer);
         };
         if !self.methods.is_empty() && !self.methods.iter().any(|g| g.matches(method)) {
             return Verdict::Deny(format!("method `{method}` is not allowed on this route"));
@@ -323,7 +333,7 @@ impl RoutePolicy {
                 return Verdict::Deny(why.to_owned());
             }
         }
-        Verdict::Allow(grants.reason())
+        Verdict::Allow(Allowed::ByRules)
     }
 }
 

@@ -592,3 +592,116 @@ async fn pem_keys_source_with_rsa() {
         TokenError::UnsupportedAlgorithm
     );
 }
+
+/// The issuers of one remote JWKS, with a verified-token cache of `entries`.
+async fn issuers_for(cfg: JwksUrlConfig, entries: usize) -> mcp_edge::auth::bearer::Issuers {
+    use mcp_edge::auth::bearer::{AuthSettings, IssuerSettings, Issuers};
+    let auth = AuthSettings {
+        issuers: vec![IssuerSettings {
+            issuer: ISS.into(),
+            algorithms: vec![Algorithm::ES256],
+            leeway: Duration::ZERO,
+            max_token_bytes: 8192,
+            authorization_server: ISS.into(),
+            keys: Some(KeySource::JwksUrl(cfg)),
+            introspection: None,
+            organisation_claim: None,
+            organisations: None,
+        }],
+        identity_header_prefix: "x-mcp-edge-".into(),
+        organisation_claim: None,
+        upstream_token: None,
+        token_cache_entries: entries,
+    };
+    Issuers::build(&auth).await.unwrap()
+}
+
+fn route<'a>(issuers: &'a [String], resource: &'a str) -> mcp_edge::auth::identity::RouteAuth<'a> {
+    mcp_edge::auth::identity::RouteAuth {
+        path: "/mcp",
+        require: mcp_edge::auth::identity::RequireAuth::Token,
+        issuers,
+        scopes: &[],
+        certificate_bound_tokens: false,
+        resource,
+    }
+}
+
+#[tokio::test]
+async fn verified_tokens_are_cached_until_exp_and_never_past_a_key_removal() {
+    init();
+    let a = TestKey::ec("a");
+    let b = TestKey::ec("b");
+    let server = JwksServer::start(jwks(&[&a, &b])).await;
+    let mut cfg = config(&server);
+    cfg.min_refetch_interval = Duration::from_millis(100);
+    cfg.refresh = Duration::from_millis(300);
+    let issuers = issuers_for(cfg, 100).await;
+    let ours = [ISS.to_owned()];
+    let r = route(&ours, AUD);
+    let stats = || issuers.token_cache().unwrap();
+
+    let token = a.sign(&claims());
+    let first = issuers.validate(&token, &r).await.unwrap();
+    assert_eq!(first.label, format!("{ISS}#alice"));
+    assert_eq!((stats().hits, stats().misses, stats().entries), (0, 1, 1));
+    let again = issuers.validate(&token, &r).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the second request reuses the verification"
+    );
+    assert_eq!(stats().hits, 1);
+
+    // What a hit still checks: the route's issuers, and the resource (part of the key).
+    let others = ["https://other-idp.example".to_owned()];
+    assert_eq!(
+        issuers
+            .validate(&token, &route(&others, AUD))
+            .await
+            .unwrap_err(),
+        TokenError::WrongIssuer
+    );
+    assert_eq!(
+        issuers
+            .validate(&token, &route(&ours, "https://mcp.example.com/other"))
+            .await
+            .unwrap_err(),
+        TokenError::WrongAudience
+    );
+    // A tampered copy is its own entry, verified and refused.
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(
+        issuers.validate(&tampered, &r).await.unwrap_err(),
+        TokenError::BadSignature
+    );
+
+    // Valid until exp (leeway 0 here), not a moment longer.
+    let short = a.sign(&with(claims(), "exp", json!(now() + 2)));
+    assert!(issuers.validate(&short, &r).await.is_ok());
+    assert!(issuers.validate(&short, &r).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        issuers.validate(&short, &r).await.unwrap_err(),
+        TokenError::Expired
+    );
+
+    // The IdP withdraws key "a": once the refresh sees it, the cached token is refused while
+    // tokens of key "b" are unaffected (verified again: any change of keys retires entries).
+    let token_b = b.sign(&claims());
+    assert!(issuers.validate(&token_b, &r).await.is_ok());
+    server.set_jwks(jwks(&[&b]));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        issuers.validate(&token, &r).await.unwrap_err(),
+        TokenError::UnknownKey
+    );
+    assert!(issuers.validate(&token_b, &r).await.is_ok());
+
+    // With the cache off every request verifies, and nothing is reported.
+    let server2 = JwksServer::start(jwks(&[&a])).await;
+    let uncached = issuers_for(config(&server2), 0).await;
+    assert!(uncached.validate(&token, &r).await.is_ok());
+    assert!(uncached.token_cache().is_none());
+}

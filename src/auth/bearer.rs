@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use super::identity::RouteAuth;
+use super::token_cache::{Slot, TokenCache, VerifiedToken};
 use crate::auth::introspection::{IntrospectionError, IntrospectionSetupError, Introspector};
 use crate::auth::jwks::{KeySourceError, KeyStore};
 use crate::auth::jwt::{Claims, IssuerPolicy, PolicyError, TokenError, unverified_issuer};
@@ -105,6 +106,8 @@ pub struct Issuers {
     largest_token: usize,
     /// Several issuers are configured: subjects shown to backends carry their issuer.
     qualify_subjects: bool,
+    /// Verified JWTs (`auth.token_cache_entries`; `None`: every token verified every time).
+    cache: Option<Arc<TokenCache>>,
 }
 
 /// One issuer's key store and introspection figures, for metrics.
@@ -177,7 +180,13 @@ impl Issuers {
             by_issuer,
             largest_token,
             qualify_subjects: auth.issuers.len() > 1,
+            cache: TokenCache::new(auth.token_cache_entries).map(Arc::new),
         })
+    }
+
+    /// The verified-token cache's figures, when it is on.
+    pub fn token_cache(&self) -> Option<super::token_cache::TokenCacheStatus> {
+        self.cache.as_deref().map(TokenCache::status)
     }
 
     /// Validates `token` for `route`: its issuer must be one the route accepts, and the token
@@ -191,7 +200,28 @@ impl Issuers {
     /// The claims come back with the organisation the issuer vouches for (from the issuer's
     /// organisation claim; with an `organisations` allowlist, a token claiming another one, or
     /// none, is refused) and the subject backends are shown.
-    pub async fn validate(&self, token: &str, route: &RouteAuth<'_>) -> Result<Claims, TokenError> {
+    ///
+    /// A JWT verified by its issuer's keys is remembered (see [`crate::auth::token_cache`]):
+    /// the same token for the same resource is then accepted without verifying it again, until
+    /// its `exp` or a change of the issuer's keys.
+    pub async fn validate(
+        &self,
+        token: &str,
+        route: &RouteAuth<'_>,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        let cached = self
+            .cache
+            .as_deref()
+            .map(|c| (c, TokenCache::slot(token, route.resource)));
+        if let Some((cache, slot)) = &cached
+            && let Some(hit) = cache.get(slot, unix_now())
+        {
+            return if route.issuers.contains(&hit.claims.issuer) {
+                Ok(hit)
+            } else {
+                Err(TokenError::WrongIssuer)
+            };
+        }
         let parsed = unverified_issuer(token, self.largest_token.max(1));
         if let Ok(iss) = &parsed
             && let Some(check) = self.by_issuer.get(iss)
@@ -199,12 +229,14 @@ impl Issuers {
             if !route.issuers.contains(iss) {
                 return Err(TokenError::WrongIssuer);
             }
-            let claims = match (&check.jwt, &check.introspector) {
-                (Some(policy), _) => policy.validate(token, route.resource).await?,
-                (None, Some(i)) => introspect(i, token, route).await?,
-                (None, None) => return Err(TokenError::WrongIssuer),
+            return match (&check.jwt, &check.introspector) {
+                (Some(policy), _) => self.verify(check, policy, token, route, cached).await,
+                (None, Some(i)) => {
+                    let claims = introspect(i, token, route).await?;
+                    Ok(Arc::new(VerifiedToken::new(self.vouch(check, claims)?)))
+                }
+                (None, None) => Err(TokenError::WrongIssuer),
             };
-            return self.vouch(check, claims);
         }
         let mut introspectors = route.issuers.iter().filter_map(|iss| {
             let check = self.by_issuer.get(iss)?;
@@ -213,10 +245,37 @@ impl Issuers {
         match (introspectors.next(), introspectors.next()) {
             (Some((check, i)), None) => {
                 let claims = introspect(i, token, route).await?;
-                self.vouch(check, claims)
+                Ok(Arc::new(VerifiedToken::new(self.vouch(check, claims)?)))
             }
             _ => Err(parsed.err().unwrap_or(TokenError::WrongIssuer)),
         }
+    }
+
+    /// A full validation of a JWT by `policy`, remembered in the cache when it passes.
+    async fn verify(
+        &self,
+        check: &IssuerCheck,
+        policy: &IssuerPolicy,
+        token: &str,
+        route: &RouteAuth<'_>,
+        cached: Option<(&TokenCache, Slot)>,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        // Read before verifying: keys that change meanwhile retire the entry at once.
+        let generation = policy.keys().generation();
+        let claims = policy.validate(token, route.resource).await?;
+        let valid_until = claims.expires_at as f64 + policy.leeway().as_secs_f64();
+        let verified = Arc::new(VerifiedToken::new(self.vouch(check, claims)?));
+        if let Some((cache, slot)) = cached {
+            cache.insert(
+                &slot,
+                verified.clone(),
+                valid_until,
+                policy.keys(),
+                generation,
+                unix_now(),
+            );
+        }
+        Ok(verified)
     }
 
     /// What `check`'s issuer vouches for in `claims`: the organisation from its own claim,
@@ -248,6 +307,14 @@ impl Issuers {
         });
         Ok(claims)
     }
+}
+
+/// Now, in Unix seconds (the unit of `exp`).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 async fn introspect(
@@ -330,6 +397,8 @@ pub struct AuthSettings {
     pub organisation_claim: Option<String>,
     /// Signing of identity tokens for backends.
     pub upstream_token: Option<super::upstream_token::UpstreamTokenSettings>,
+    /// Most verified JWTs remembered (0: verify every request).
+    pub token_cache_entries: usize,
 }
 
 /// One token issuer.

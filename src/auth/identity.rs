@@ -24,6 +24,7 @@ use http::HeaderValue;
 use super::bearer::{self, BearerError, SharedIssuers};
 use super::jwt::{Claims, TokenError};
 use super::mtls::ClientIdentity;
+use super::token_cache::VerifiedToken;
 use crate::metrics::AuthReason;
 use crate::session::{self, PrincipalHash};
 
@@ -252,50 +253,51 @@ impl Principal<'_> {
     }
 }
 
-/// The caller, as proven on this request.
+/// The caller, as proven on this request. Cheap to build and clone: the token's part is shared
+/// with the verified-token cache.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
-    /// Claims of a validated bearer token.
-    pub claims: Option<Claims>,
+    token: Option<Arc<VerifiedToken>>,
     /// A verified client certificate.
     pub cert: Option<Arc<ClientIdentity>>,
-    /// The organisation, as the token's issuer vouched for it.
-    pub organisation: Option<String>,
-    label: String,
 }
 
 impl Identity {
-    /// The identity of `claims` and `cert`, whichever were proven.
-    pub fn new(
-        claims: Option<Claims>,
-        cert: Option<Arc<ClientIdentity>>,
-        organisation: Option<String>,
-    ) -> Self {
-        let label = Principal {
-            claims: claims.as_ref(),
-            cert: cert.as_deref(),
-            organisation: None,
-        }
-        .label();
-        Identity {
-            claims,
-            cert,
-            organisation,
-            label,
-        }
+    /// The identity of `token` and `cert`, whichever were proven.
+    pub fn new(token: Option<Arc<VerifiedToken>>, cert: Option<Arc<ClientIdentity>>) -> Self {
+        Identity { token, cert }
+    }
+
+    /// The validated bearer token.
+    pub fn token(&self) -> Option<&VerifiedToken> {
+        self.token.as_deref()
+    }
+
+    /// Claims of a validated bearer token.
+    pub fn claims(&self) -> Option<&Claims> {
+        self.token.as_deref().map(|t| &t.claims)
+    }
+
+    /// The organisation, as the token's issuer vouched for it.
+    pub fn organisation(&self) -> Option<&str> {
+        self.claims()?.organisation.as_deref()
     }
 
     /// The one name of this caller in logs, the audit trail and metrics (see the module docs).
     pub fn label(&self) -> &str {
-        &self.label
+        match (&self.token, &self.cert) {
+            (Some(t), _) => &t.label,
+            (None, Some(id)) => id.principal(),
+            (None, None) => "anonymous",
+        }
     }
 
     /// The view the policy matches on.
     pub fn principal(&self) -> Principal<'_> {
         Principal {
-            claims: self.claims.as_ref(),
+            claims: self.claims(),
             cert: self.cert.as_deref(),
-            organisation: self.organisation.as_deref(),
+            organisation: self.organisation(),
         }
     }
 
@@ -303,7 +305,7 @@ impl Identity {
     /// certificate when the token is bound to it; else the client certificate.
     pub fn session_binding(&self) -> PrincipalHash {
         let cert = self.cert.as_deref();
-        match &self.claims {
+        match self.claims() {
             Some(c) => session::principal_hash(
                 Some(&c.issuer),
                 c.subject.as_deref().or(c.client_id.as_deref()),
@@ -328,7 +330,7 @@ pub async fn authenticate(
 ) -> Result<Identity, AuthError> {
     let has_cert = cert.is_some();
     let (cert_needed, token_needed) = match route.require {
-        RequireAuth::None => return Ok(Identity::new(None, cert, None)),
+        RequireAuth::None => return Ok(Identity::new(None, cert)),
         RequireAuth::Certificate => (true, false),
         RequireAuth::Token => (false, true),
         RequireAuth::Either => (false, !has_cert),
@@ -346,10 +348,10 @@ pub async fn authenticate(
         if token_needed {
             return Err(AuthError::Missing);
         }
-        return Ok(Identity::new(None, cert, None));
+        return Ok(Identity::new(None, cert));
     };
-    let claims = match issuers.validate(token, route).await {
-        Ok(c) => c,
+    let verified = match issuers.validate(token, route).await {
+        Ok(v) => v,
         Err(e) if e.is_server_side() => {
             tracing::warn!(route = %route.path, error = %e, "token keys unavailable");
             return Err(AuthError::KeysUnavailable(e.description()));
@@ -359,13 +361,13 @@ pub async fn authenticate(
             return Err(AuthError::Invalid(e));
         }
     };
+    let claims = &verified.claims;
     // RFC 8705: a token bound to a certificate is only good with that certificate, whether
     // or not the route demands binding.
-    let presented = cert
-        .as_ref()
-        .map(|id| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.sha256));
-    let bound_ok = match (&claims.cnf_x5t_s256, &presented) {
-        (Some(want), Some(have)) => want == have,
+    let bound_ok = match (&claims.cnf_x5t_s256, &cert) {
+        (Some(want), Some(id)) => {
+            *want == base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.sha256)
+        }
         (Some(_), None) => false,
         (None, _) => !route.certificate_bound_tokens,
     };
@@ -378,7 +380,5 @@ pub async fn authenticate(
             needed: route.scopes.to_vec(),
         });
     }
-    // The issuer vouched for it at validation (its own claim, within its allowlist).
-    let organisation = claims.organisation.clone();
-    Ok(Identity::new(Some(claims), cert, organisation))
+    Ok(Identity::new(Some(verified), cert))
 }

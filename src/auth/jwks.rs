@@ -297,6 +297,9 @@ struct Inner {
     kind: Kind,
     symmetric: bool,
     set: ArcSwap<KeySet>,
+    /// Bumped after every change of `set` (never before: a reader that sees the old value may
+    /// have verified with the old keys, and must find its cached result retired).
+    generation: AtomicU64,
     refresher: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -344,6 +347,7 @@ impl KeyStore {
                         kind: Kind::Static(other),
                         symmetric,
                         set: ArcSwap::from_pointee(set),
+                        generation: AtomicU64::new(0),
                         refresher: Mutex::new(None),
                     }),
                 })
@@ -367,6 +371,7 @@ impl KeyStore {
                 kind: Kind::Remote(Box::new(remote)),
                 symmetric: false,
                 set: ArcSwap::from_pointee(KeySet::default()),
+                generation: AtomicU64::new(0),
                 refresher: Mutex::new(None),
             }),
         };
@@ -385,7 +390,7 @@ impl KeyStore {
                                 keys = set.entries.len(),
                                 "identity provider unreachable at start; using the cached JWKS"
                             );
-                            store.inner.set.store(Arc::new(set));
+                            store.install(set);
                             lock(&remote.state).cached = Some(bytes);
                         }
                         Err(e) => tracing::warn!(
@@ -405,6 +410,18 @@ impl KeyStore {
         let task = tokio::spawn(refresh_loop(weak));
         *lock(&store.inner.refresher) = Some(task.abort_handle());
         Ok(store)
+    }
+
+    /// Replaces the key set and retires every verification made with the old one.
+    fn install(&self, set: KeySet) {
+        self.inner.set.store(Arc::new(set));
+        self.inner.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever the key set changes: a verification cached at one generation is good
+    /// only while the store is still at it (see [`crate::auth::token_cache`]).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// Whether this store holds an HMAC secret (HS* algorithms) rather than public keys.
@@ -482,7 +499,7 @@ impl KeyStore {
                         reason: e.to_string(),
                     })??;
                 let n = set.entries.len();
-                self.inner.set.store(Arc::new(set));
+                self.install(set);
                 Ok(n)
             }
             Kind::Remote(remote) => {
@@ -541,7 +558,12 @@ impl KeyStore {
                     st.cached = Some(bytes.clone());
                     changed
                 };
-                self.inner.set.store(Arc::new(set));
+                if changed {
+                    self.install(set);
+                } else {
+                    // The same keys: cached verifications stay good.
+                    self.inner.set.store(Arc::new(set));
+                }
                 if changed {
                     tracing::info!(jwks_url = %remote.cfg.url, keys = n, "JWKS loaded");
                     if let Some(path) = remote.cfg.cache_file.clone() {

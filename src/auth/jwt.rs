@@ -224,6 +224,11 @@ impl IssuerPolicy {
         &self.algorithms
     }
 
+    /// The clock skew allowed on `exp` and `nbf`.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
     /// The issuer's key store (for status and reloads).
     pub fn keys(&self) -> &KeyStore {
         &self.keys

@@ -10,6 +10,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod mtls;
 pub mod origin;
+pub mod token_cache;
 /// Short-lived JWTs the proxy signs to tell backends who the caller is.
 pub mod upstream_token;
 

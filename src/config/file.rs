@@ -617,6 +617,9 @@ pub struct AuthFile {
     pub organisation_claim: Option<String>,
     /// `[auth.upstream_token]`: short-lived identity tokens the proxy signs for backends.
     pub upstream_token: Option<UpstreamTokenFile>,
+    /// Most verified JWTs remembered between requests (0: verify every token every time).
+    #[serde(default = "defaults::token_cache_entries")]
+    pub token_cache_entries: usize,
 }
 
 /// `[auth.upstream_token]`
@@ -644,6 +647,7 @@ impl Default for AuthFile {
             identity_header_prefix: defaults::identity_header_prefix(),
             organisation_claim: None,
             upstream_token: None,
+            token_cache_entries: defaults::token_cache_entries(),
         }
     }
 }
@@ -828,6 +832,9 @@ mod defaults {
     }
     pub fn session_max_lifetime() -> Duration {
         Duration::from_secs(24 * 3600)
+    }
+    pub fn token_cache_entries() -> usize {
+        crate::auth::token_cache::DEFAULT_ENTRIES
     }
 
     pub fn identity_header_prefix() -> String {

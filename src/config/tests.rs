@@ -1670,3 +1670,25 @@ fn upstream_health_keys_are_checked() {
     );
     parse_error(&with_tables("[routes.retry]\nretries = 3\n"), &["retries"]);
 }
+
+#[test]
+fn token_cache_entries_default_bound_and_off() {
+    let route = |auth: &str| token_route(auth, "[routes.auth]\nrequire = \"token\"\n");
+    assert_eq!(ok(&route("")).auth.token_cache_entries, 10_000);
+    assert_eq!(
+        ok(&route("token_cache_entries = 0"))
+            .auth
+            .token_cache_entries,
+        0
+    );
+    let msg = invalid(
+        &route("token_cache_entries = 2000000"),
+        "auth.token_cache_entries",
+        &["above 1000000"],
+    );
+    assert!(msg.contains("0 to verify every request"), "{msg}");
+    let negative = parse_text(&route("token_cache_entries = -1"))
+        .unwrap_err()
+        .to_string();
+    assert!(negative.contains("token_cache_entries"), "{negative}");
+}

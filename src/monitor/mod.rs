@@ -138,6 +138,7 @@ impl Monitor {
         snapshot::upstream_health(&mut root, &self.proxy.upstream_health());
         snapshot::limit_store(&mut root, self.proxy.limits_store());
         snapshot::upstream_pool(&mut root, self.proxy.gateway().upstream_pool());
+        snapshot::token_cache(&mut root, self.proxy.gateway().issuers.token_cache());
         snapshot::identity_providers(
             &mut root,
             &self.proxy.gateway().issuers.statuses(),

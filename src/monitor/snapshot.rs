@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::auth::bearer::IssuerStatus;
+use crate::auth::token_cache::TokenCacheStatus;
 use crate::limits::StoreStatus;
 use crate::metrics::{Labels, label, owned};
 use crate::upstream::{CircuitState, EndpointSnapshot};
@@ -231,6 +232,35 @@ pub fn identity_providers(r: &mut Registry, issuers: &[IssuerStatus], now: Syste
             })
             .flatten()
             .collect(),
+    );
+}
+
+/// The verified-token cache (`auth.token_cache_entries`), when it is on.
+pub fn token_cache(r: &mut Registry, status: Option<TokenCacheStatus>) {
+    let Some(s) = status else { return };
+    r.register(
+        "mcp_edge_token_cache_entries",
+        "Verified JWTs held in the token cache",
+        gauge(s.entries as u64),
+    );
+    r.register(
+        "mcp_edge_token_cache_capacity",
+        "Most verified JWTs the token cache holds (auth.token_cache_entries)",
+        gauge(s.capacity as u64),
+    );
+    counters(
+        r,
+        "mcp_edge_token_cache_lookups",
+        "Token cache lookups by result (a miss verifies the token's signature)",
+        vec![
+            (vec![label("result", "hit")], s.hits),
+            (vec![label("result", "miss")], s.misses),
+        ],
+    );
+    r.register(
+        "mcp_edge_token_cache_evictions",
+        "Usable verified tokens dropped to make room for newer ones",
+        ConstCounter::new(s.evictions),
     );
 }
 

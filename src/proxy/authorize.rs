@@ -37,21 +37,33 @@ pub(crate) fn authorize(
     let grants = (!policy.is_empty()).then(|| policy.grants(&principal));
     let messages = envelope.map(Envelope::messages).unwrap_or_default();
     for m in messages {
-        let reason = match &grants {
-            None => "no policy on route".to_owned(),
+        let allowed = match &grants {
+            None => None,
             Some(grants) => match policy.check(grants, &principal, &route.config.scopes, m) {
-                Verdict::Allow(reason) => reason,
-                refused => {
-                    let (reason, error) = refusal(gw, route, m, refused);
-                    tracing::info!(route = %route.path, principal = %ctx.identity.label(), method = m.method.as_deref().unwrap_or("-"), %reason, "refused by policy");
-                    if let Some(audit) = audit {
-                        audit.try_record(entry(ctx, route, m, Decision::Deny, reason, digest));
-                    }
-                    return Err(error);
+                Verdict::Allow(allowed) => Some(allowed),
+                Verdict::Deny(reason) => {
+                    let error = ProxyError::Policy {
+                        id: m.id.clone(),
+                        reason: reason.clone(),
+                    };
+                    return Err(refuse(ctx, route, m, audit, digest, reason, error));
+                }
+                Verdict::InsufficientScope(needed) => {
+                    let reason = format!("insufficient scope: needs {}", needed.join(" "));
+                    let error = ProxyError::Auth(
+                        AuthError::CallNeedsScopes { needed }
+                            .challenged(&gw.config.listener.public_url, &route.config.auth()),
+                    );
+                    return Err(refuse(ctx, route, m, audit, digest, reason, error));
                 }
             },
         };
+        // The reason's text is made only when an audit record will carry it.
         if audit.is_some() && m.method.is_some() {
+            let reason = match (&grants, allowed) {
+                (Some(grants), Some(allowed)) => grants.reason(allowed),
+                _ => "no policy on route".to_owned(),
+            };
             let record = entry(ctx, route, m, Decision::Allow, reason, digest);
             ctx.audit.push(record);
         }
@@ -69,29 +81,21 @@ pub(crate) fn authorize(
     })
 }
 
-/// The audit reason and the answer of a refused message.
-fn refusal(
-    gw: &Gateway,
+/// Logs and audits the refusal of `m` (for `reason`), returning its answer.
+fn refuse(
+    ctx: &RequestCtx<'_>,
     route: &RouteState,
     m: &mcp::Message,
-    verdict: Verdict,
-) -> (String, ProxyError) {
-    match verdict {
-        Verdict::InsufficientScope(needed) => (
-            format!("insufficient scope: needs {}", needed.join(" ")),
-            ProxyError::Auth(
-                AuthError::CallNeedsScopes { needed }
-                    .challenged(&gw.config.listener.public_url, &route.config.auth()),
-            ),
-        ),
-        Verdict::Allow(reason) | Verdict::Deny(reason) => (
-            reason.clone(),
-            ProxyError::Policy {
-                id: m.id.clone(),
-                reason,
-            },
-        ),
+    audit: Option<&AuditLog>,
+    digest: Option<[u8; 32]>,
+    reason: String,
+    error: ProxyError,
+) -> ProxyError {
+    tracing::info!(route = %route.path, principal = %ctx.identity.label(), method = m.method.as_deref().unwrap_or("-"), %reason, "refused by policy");
+    if let Some(audit) = audit {
+        audit.try_record(entry(ctx, route, m, Decision::Deny, reason, digest));
     }
+    error
 }
 
 /// The audit record of one call (upstream status and duration are filled in at the end).
@@ -107,7 +111,7 @@ fn entry(
         time: std::time::SystemTime::now(),
         request_id: ctx.request_id().to_owned(),
         principal: ctx.identity.label().to_owned(),
-        organisation: ctx.identity.organisation.clone(),
+        organisation: ctx.identity.organisation().map(str::to_owned),
         route: route.path.to_string(),
         method: m.method.clone().unwrap_or_default(),
         target: m.tool_name.clone().or_else(|| m.resource_uri.clone()),

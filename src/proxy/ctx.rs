@@ -106,7 +106,7 @@ impl<'c> RequestCtx<'c> {
         );
         log.set_mcp_method(h.get(MCP_METHOD));
         // Until a route says otherwise, the caller is whoever its certificate names.
-        let identity = Identity::new(None, conn.client_cert.clone(), None);
+        let identity = Identity::new(None, conn.client_cert.clone());
         if conn.client_cert.is_some() {
             log.set_principal(identity.label(), None);
         }

@@ -4,7 +4,7 @@
 //! request goes to the chosen endpoint (or, when it never reached that one, to another: see
 //! [`crate::upstream::retry`]).
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response};
 use hyper::body::Incoming;
 
@@ -58,14 +58,14 @@ pub(crate) async fn forward(
     }
     // `Host` is set per attempt: a retry goes to another endpoint.
     h.remove(header::AUTHORIZATION);
-    set_identity_headers(h, &gw.config.auth.identity_header_prefix, &ctx.identity);
+    set_identity_headers(h, &gw.identity_headers, &ctx.identity);
     h.insert(X_REQUEST_ID, ctx.log.request_id_header().clone());
     if let (Some(aud), Some(signer)) = (&route.config.upstream_token_audience, &gw.signer) {
         let rid = ctx.request_id().to_owned();
         let identity = UpstreamIdentity::new(
-            ctx.identity.claims.as_ref(),
+            ctx.identity.claims(),
             ctx.identity.cert.as_deref(),
-            ctx.identity.organisation.as_deref(),
+            ctx.identity.organisation(),
             &rid,
         );
         // Without its token the backend would see an unauthenticated call: fail closed.
@@ -123,35 +123,59 @@ fn single_id(envelope: Option<&Envelope>) -> Option<crate::mcp::Id> {
     }
 }
 
+/// The names of the identity headers (`auth.identity_header_prefix` + suffix), made once per
+/// configuration rather than per request.
+#[derive(Debug)]
+pub(crate) struct IdentityHeaderNames {
+    prefix: String,
+    issuer: Option<HeaderName>,
+    subject: Option<HeaderName>,
+    client_id: Option<HeaderName>,
+    scopes: Option<HeaderName>,
+    cert_subject: Option<HeaderName>,
+    cert_uri: Option<HeaderName>,
+    cert_sha256: Option<HeaderName>,
+}
+
+impl IdentityHeaderNames {
+    /// The names under `prefix` (validated at load: letters, digits and `-`).
+    pub(crate) fn new(prefix: &str) -> Self {
+        let name =
+            |suffix: &str| HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes()).ok();
+        IdentityHeaderNames {
+            prefix: prefix.to_owned(),
+            issuer: name("issuer"),
+            subject: name("subject"),
+            client_id: name("client-id"),
+            scopes: name("scopes"),
+            cert_subject: name("cert-subject"),
+            cert_uri: name("cert-uri"),
+            cert_sha256: name("cert-sha256"),
+        }
+    }
+}
+
 /// Replaces every client-sent header with the identity prefix (or one a backend could fold
 /// into it) by what the proxy proved.
-fn set_identity_headers(h: &mut http::HeaderMap, prefix: &str, identity: &Identity) {
-    headers::strip_lookalikes(h, prefix);
-    let mut put = |suffix: &str, value: &str| {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            h.insert(name, value);
+fn set_identity_headers(h: &mut http::HeaderMap, names: &IdentityHeaderNames, identity: &Identity) {
+    headers::strip_lookalikes(h, &names.prefix);
+    let mut put = |name: &Option<HeaderName>, value: Option<HeaderValue>| {
+        if let (Some(name), Some(value)) = (name, value) {
+            h.insert(name.clone(), value);
         }
     };
-    if let Some(c) = &identity.claims {
-        put("issuer", &c.issuer);
-        // `<iss>#<sub>` when several issuers are configured: two IdPs' `alice` differ.
-        if let Some(sub) = &c.backend_subject {
-            put("subject", sub);
-        }
-        if let Some(client) = &c.client_id {
-            put("client-id", client);
-        }
-        let scopes: Vec<&str> = c.scopes.iter().map(String::as_str).collect();
-        put("scopes", &scopes.join(" "));
+    if let Some(t) = identity.token() {
+        // `subject` is `<iss>#<sub>` when several issuers are configured: two IdPs' `alice`
+        // differ.
+        put(&names.issuer, t.headers.issuer.clone());
+        put(&names.subject, t.headers.subject.clone());
+        put(&names.client_id, t.headers.client_id.clone());
+        put(&names.scopes, t.headers.scopes.clone());
     }
     if let Some(id) = &identity.cert {
-        put("cert-subject", &id.subject);
-        if let Some(uri) = id.uris.first() {
-            put("cert-uri", uri);
-        }
-        put("cert-sha256", &id.sha256_hex);
+        let value = |v: &str| HeaderValue::from_str(v).ok();
+        put(&names.cert_subject, value(&id.subject));
+        put(&names.cert_uri, id.uris.first().and_then(|u| value(u)));
+        put(&names.cert_sha256, value(&id.sha256_hex));
     }
 }

@@ -46,6 +46,7 @@ pub struct Gateway {
     pub(crate) issuers: SharedIssuers,
     pub(crate) sealer: Arc<SessionSealer>,
     pub(crate) signer: Option<UpstreamSigner>,
+    pub(crate) identity_headers: super::forward::IdentityHeaderNames,
     routes: Vec<RouteState>,
 }
 
@@ -78,6 +79,9 @@ impl Gateway {
             })
             .collect::<Result<_, RouteSetupError>>()?;
         Ok(Gateway {
+            identity_headers: super::forward::IdentityHeaderNames::new(
+                &config.auth.identity_header_prefix,
+            ),
             config,
             issuers,
             sealer,

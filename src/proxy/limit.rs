@@ -34,7 +34,7 @@ pub(crate) async fn limit(
         .filter_map(|m| m.tool_name.as_deref())
         .collect();
     let address;
-    let key = if ctx.identity.claims.is_none() && ctx.identity.cert.is_none() {
+    let key = if ctx.identity.claims().is_none() && ctx.identity.cert.is_none() {
         address = client_address_key(ctx.conn.peer.ip()).to_string();
         address.as_str()
     } else {

@@ -281,9 +281,9 @@ impl Proxy {
             AuthReason::Ok
         });
         ctx.log.phase(TimedPhase::Authenticate, started, None);
-        if identity.claims.is_some() || identity.cert.is_some() {
+        if identity.claims().is_some() || identity.cert.is_some() {
             ctx.log
-                .set_principal(identity.label(), identity.organisation.as_deref());
+                .set_principal(identity.label(), identity.organisation());
         }
         ctx.identity = identity;
         Ok(())

@@ -8,6 +8,9 @@ use http::Uri;
 use super::{Resolve, has_user_info, nonzero};
 use crate::config::{AuthFile, AuthSettings, ConfigError, IssuerSettings, UpstreamTokenSettings};
 
+/// Most tokens `auth.token_cache_entries` may keep (about 2 GiB at ~2 KiB each).
+const MAX_TOKEN_CACHE_ENTRIES: usize = 1_000_000;
+
 /// Checks `[auth]` and every issuer in it.
 pub(super) fn auth(
     a: AuthFile,
@@ -34,6 +37,16 @@ pub(super) fn auth(
             "auth.organisation_claim",
             "is empty",
             "name the token claim that carries the organisation, e.g. \"org_id\"",
+        ));
+    }
+    if a.token_cache_entries > MAX_TOKEN_CACHE_ENTRIES {
+        return Err(ConfigError::invalid(
+            "auth.token_cache_entries",
+            format!(
+                "{} is above {MAX_TOKEN_CACHE_ENTRIES}",
+                a.token_cache_entries
+            ),
+            "keep the default 10000 (about 2 KiB per cached token), or 0 to verify every request",
         ));
     }
     let mut issuers: Vec<IssuerSettings> = Vec::with_capacity(a.issuers.len());
@@ -253,6 +266,7 @@ pub(super) fn auth(
         identity_header_prefix: prefix,
         organisation_claim: a.organisation_claim,
         upstream_token,
+        token_cache_entries: a.token_cache_entries,
     })
 }
 
