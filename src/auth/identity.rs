@@ -305,6 +305,15 @@ impl Identity {
     /// certificate when the token is bound to it; else the client certificate.
     pub fn session_binding(&self) -> PrincipalHash {
         let cert = self.cert.as_deref();
+        // Asked on every request (endpoint affinity): the common cases are hashed once.
+        match (&self.token, cert) {
+            (Some(t), _) if t.claims.cnf_x5t_s256.is_none() => return t.binding,
+            (None, None) => {
+                static ANONYMOUS: std::sync::OnceLock<PrincipalHash> = std::sync::OnceLock::new();
+                return *ANONYMOUS.get_or_init(|| session::principal_hash(None, None, None));
+            }
+            _ => {}
+        }
         match self.claims() {
             Some(c) => session::principal_hash(
                 Some(&c.issuer),

@@ -47,6 +47,8 @@ pub struct VerifiedToken {
     pub label: String,
     /// The values of the identity headers sent upstream.
     pub headers: TokenHeaders,
+    /// What sessions of this token are bound to when it is not bound to a certificate.
+    pub binding: crate::session::PrincipalHash,
 }
 
 /// Values of the identity headers of a token (`None`: the claim is absent, or cannot be a
@@ -80,10 +82,16 @@ impl VerifiedToken {
             client_id: claims.client_id.as_deref().and_then(value),
             scopes: value(&scopes.join(" ")),
         };
+        let binding = crate::session::principal_hash(
+            Some(&claims.issuer),
+            claims.subject.as_deref().or(claims.client_id.as_deref()),
+            None,
+        );
         VerifiedToken {
             claims,
             label,
             headers,
+            binding,
         }
     }
 }
