@@ -691,6 +691,11 @@ async fn verified_tokens_are_cached_until_exp_and_never_past_a_key_removal() {
     // tokens of key "b" are unaffected (verified again: any change of keys retires entries).
     let token_b = b.sign(&claims());
     assert!(issuers.validate(&token_b, &r).await.is_ok());
+    // Both tokens are served from the cache up to the moment the keys change.
+    let hits = stats().hits;
+    assert!(issuers.validate(&token, &r).await.is_ok());
+    assert!(issuers.validate(&token_b, &r).await.is_ok());
+    assert_eq!(stats().hits, hits + 2);
     server.set_jwks(jwks(&[&b]));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(

@@ -10,7 +10,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 
 use super::identity::RouteAuth;
 use super::token_cache::{Slot, TokenCache, VerifiedToken};
-use crate::auth::introspection::{IntrospectionError, IntrospectionSetupError, Introspector};
+use crate::auth::introspection::{
+    IntrospectionError, IntrospectionSetupError, Introspector, unix_now,
+};
 use crate::auth::jwks::{KeySourceError, KeyStore};
 use crate::auth::jwt::{Claims, IssuerPolicy, PolicyError, TokenError, unverified_issuer};
 
@@ -307,14 +309,6 @@ impl Issuers {
         });
         Ok(claims)
     }
-}
-
-/// Now, in Unix seconds (the unit of `exp`).
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 async fn introspect(

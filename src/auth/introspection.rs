@@ -915,8 +915,8 @@ fn build_client(
     Ok(crate::http::client::https_client(roots, timeout, max_idle)?)
 }
 
-/// Seconds since the epoch, with fractions.
-fn unix_now() -> f64 {
+/// Seconds since the epoch, with fractions (the unit of `exp`).
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()

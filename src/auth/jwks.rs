@@ -558,13 +558,10 @@ impl KeyStore {
                     st.cached = Some(bytes.clone());
                     changed
                 };
+                // The same bytes are the same keys: the set in place, and the verifications
+                // cached with it, stay.
                 if changed {
                     self.install(set);
-                } else {
-                    // The same keys: cached verifications stay good.
-                    self.inner.set.store(Arc::new(set));
-                }
-                if changed {
                     tracing::info!(jwks_url = %remote.cfg.url, keys = n, "JWKS loaded");
                     if let Some(path) = remote.cfg.cache_file.clone() {
                         let written = tokio::task::spawn_blocking(move || {

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -288,10 +288,7 @@ impl IssuerPolicy {
             return Err(TokenError::BadSignature);
         }
 
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let now = super::introspection::unix_now();
         let leeway = self.leeway.as_secs_f64();
         let exp = match claims.get("exp") {
             None => return Err(TokenError::Malformed("exp claim missing")),

@@ -22,10 +22,11 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use http::HeaderValue;
 
+use super::identity::Principal;
 use super::jwks::KeyStore;
 use super::jwt::Claims;
 
@@ -68,12 +69,11 @@ pub struct TokenHeaders {
 impl VerifiedToken {
     /// Wraps `claims`, computing the label and header values once.
     pub fn new(claims: Claims) -> Self {
-        let who = claims
-            .subject
-            .as_deref()
-            .or(claims.client_id.as_deref())
-            .unwrap_or("-");
-        let label = format!("{}#{who}", claims.issuer);
+        let label = Principal {
+            claims: Some(&claims),
+            ..Principal::default()
+        }
+        .label();
         let value = |v: &str| HeaderValue::from_str(v).ok();
         let scopes: Vec<&str> = claims.scopes.iter().map(String::as_str).collect();
         let headers = TokenHeaders {
@@ -205,7 +205,7 @@ impl TokenCache {
         // are single map operations): the map is still sound, so keep using it.
         self.shards[i]
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The verified token in `slot`, if it is still usable at `now` (Unix seconds).
@@ -267,18 +267,16 @@ impl TokenCache {
     /// Entry count, bound and counters.
     pub fn status(&self) -> TokenCacheStatus {
         TokenCacheStatus {
-            entries: self.shards.iter().map(|s| self.len_of(s)).sum(),
+            entries: self
+                .shards
+                .iter()
+                .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+                .sum(),
             capacity: self.capacity,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
         }
-    }
-
-    fn len_of(&self, s: &Mutex<Shard>) -> usize {
-        s.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
     }
 }
 
@@ -363,27 +361,17 @@ mod tests {
         let cache = TokenCache::new(4).unwrap();
         let slot = TokenCache::slot("a.b.c", "r");
         let before = keys.generation();
-        cache.insert(
-            &slot,
-            Arc::new(VerifiedToken::new(claims("alice", 200))),
-            260.0,
-            &keys,
-            before,
-            100.0,
-        );
+        let put_verified_at = |generation: u64| {
+            let t = Arc::new(VerifiedToken::new(claims("alice", 200)));
+            cache.insert(&slot, t, 260.0, &keys, generation, 100.0);
+        };
+        put_verified_at(before);
         assert!(cache.get(&slot, 100.0).is_some());
         keys.refresh().await.unwrap();
         assert_ne!(keys.generation(), before);
         assert!(cache.get(&slot, 100.0).is_none());
         // Verified while the keys changed (generation read before): stored, never served.
-        cache.insert(
-            &slot,
-            Arc::new(VerifiedToken::new(claims("alice", 200))),
-            260.0,
-            &keys,
-            before,
-            100.0,
-        );
+        put_verified_at(before);
         assert!(cache.get(&slot, 100.0).is_none());
     }
 
