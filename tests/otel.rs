@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mcp_edge::config::{OtlpHeader, OtlpProtocol, OtlpSettings, Sampling};
-use mcp_edge::telemetry::otel::{MAX_QUEUED_SPANS, OtlpSink};
+use mcp_edge::telemetry::otel::{ExportStats, MAX_QUEUED_SPANS, OtlpSink};
 use mcp_edge::telemetry::trace::{Phase, RequestSpans, SpanSink, TraceContext, UpstreamCall};
-use support::otlp::{Collector, Received};
+use support::otlp::{Answer, Collector, Received};
 
 /// The caller's context in every hand-made request: trace 4bf9…, caller span 00f0…, sampled.
 const CALLER: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -421,7 +421,126 @@ async fn a_dead_collector_costs_requests_nothing() {
             took < Duration::from_secs(4),
             "{protocol:?}: stop waited {took:?}"
         );
+        // Every span is accounted for: dropped on the full queue, or lost with its export.
+        let stats = sink.stats();
+        assert_eq!(stats.exported, 0, "{protocol:?}");
+        assert!(
+            stats.dropped >= MAX_QUEUED_SPANS as u64 / 2,
+            "{protocol:?}: {stats:?}"
+        );
+        assert_eq!(
+            stats.dropped + stats.failed,
+            2 * MAX_QUEUED_SPANS as u64,
+            "{protocol:?}: {stats:?}"
+        );
     }
+}
+
+/// A collector that says "later" (HTTP 503 and 429, gRPC UNAVAILABLE) gets the same export
+/// again after a backoff; one that refuses the data (HTTP 400, gRPC INVALID_ARGUMENT) does
+/// not, and its spans are counted as failed; spans a collector rejects in `partial_success`
+/// are counted as failed too.
+#[tokio::test]
+async fn transient_refusals_are_retried_and_rejections_counted() {
+    support::init();
+    for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
+        let grpc = protocol == OtlpProtocol::Grpc;
+        let collector = if grpc {
+            Collector::grpc().await
+        } else {
+            Collector::http().await
+        };
+        let endpoint = if grpc {
+            collector.endpoint()
+        } else {
+            format!("{}/v1/traces", collector.endpoint())
+        };
+        let sink = Arc::new(OtlpSink::new(&settings(endpoint, protocol)).expect("sink"));
+        let request = tool_call();
+
+        let later = if grpc {
+            vec![
+                Answer::Grpc(tonic::Code::Unavailable),
+                Answer::Grpc(tonic::Code::ResourceExhausted),
+            ]
+        } else {
+            vec![
+                Answer::Status(http::StatusCode::SERVICE_UNAVAILABLE),
+                Answer::Status(http::StatusCode::TOO_MANY_REQUESTS),
+            ]
+        };
+        collector.script(later);
+        sink.export(request.clone());
+        sink.flush().await.expect("lands on the third try");
+        assert_eq!(collector.attempts(), 3, "{protocol:?}");
+        assert_tool_call(
+            &collector.wait_for(4, Duration::from_secs(5)).await,
+            &request,
+        );
+        assert_eq!(
+            sink.stats(),
+            ExportStats {
+                exported: 4,
+                dropped: 0,
+                failed: 0
+            }
+        );
+
+        collector.script([if grpc {
+            Answer::Grpc(tonic::Code::InvalidArgument)
+        } else {
+            Answer::Status(http::StatusCode::BAD_REQUEST)
+        }]);
+        sink.export(request.clone());
+        let err = sink.flush().await.expect_err("a refusal fails the export");
+        let text = err.to_string();
+        assert!(
+            text.contains(if grpc { "gRPC status 3" } else { "400" }),
+            "{protocol:?}: {text}"
+        );
+        assert_eq!(collector.attempts(), 4, "{protocol:?}: not retried");
+        assert_eq!(sink.stats().failed, 4);
+
+        collector.script([Answer::Partial(1, "one span too old")]);
+        sink.export(request.clone());
+        sink.flush().await.expect("a partial success is a success");
+        assert_eq!(
+            sink.stats(),
+            ExportStats {
+                exported: 7,
+                dropped: 0,
+                failed: 5
+            },
+            "{protocol:?}"
+        );
+        sink.shutdown().await.expect("shutdown");
+        collector.stop().await;
+    }
+}
+
+/// A full batch goes out at once, without waiting for the batch delay.
+#[tokio::test]
+async fn a_full_batch_is_sent_without_waiting() {
+    support::init();
+    let collector = Collector::http().await;
+    let sink = Arc::new(
+        OtlpSink::new(&settings(
+            format!("{}/v1/traces", collector.endpoint()),
+            OtlpProtocol::HttpProtobuf,
+        ))
+        .expect("sink"),
+    );
+    let request = tool_call();
+    let batch = mcp_edge::telemetry::otel::MAX_BATCH;
+    for _ in 0..batch / 4 {
+        sink.export(request.clone());
+    }
+    // Well under the batch delay (2 s).
+    let spans = collector.wait_for(batch, Duration::from_millis(1500)).await;
+    assert_eq!(spans.len(), batch);
+    assert_eq!(collector.attempts(), 1, "one export request for the batch");
+    sink.shutdown().await.expect("shutdown");
+    collector.stop().await;
 }
 
 /// `mcp-edge check` prints the export settings, variables applied, header values never.

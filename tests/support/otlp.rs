@@ -57,14 +57,36 @@ pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     }
 }
 
+/// What the collector answers an export instead of accepting it (see [`Collector::script`]).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// OTLP/HTTP: this status, spans not taken.
+    Status(StatusCode),
+    /// OTLP/gRPC: this status, spans not taken.
+    Grpc(tonic::Code),
+    /// Takes the spans and answers `partial_success` with this many rejected and a message.
+    Partial(i64, &'static str),
+}
+
 #[derive(Default)]
 struct Seen {
     spans: Mutex<Vec<Received>>,
     headers: Mutex<Vec<HeaderMap>>,
     arrived: tokio::sync::Notify,
+    /// Answers for the next exports, in order; then every export is accepted.
+    script: Mutex<std::collections::VecDeque<Answer>>,
+    /// Export requests received (accepted or not).
+    attempts: std::sync::atomic::AtomicUsize,
 }
 
 impl Seen {
+    /// Counts an export and returns the scripted answer for it, if any.
+    fn next_answer(&self) -> Option<Answer> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.script.lock().ok()?.pop_front()
+    }
+
     fn take(&self, headers: HeaderMap, req: ExportTraceServiceRequest) {
         let mut got = Vec::new();
         for rs in req.resource_spans {
@@ -182,6 +204,18 @@ impl Collector {
         format!("http://{}", self.addr)
     }
 
+    /// Makes the next exports get these answers, in order (then exports are accepted again).
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        if let Ok(mut s) = self.seen.script.lock() {
+            s.extend(answers);
+        }
+    }
+
+    /// Export requests received so far, accepted or not.
+    pub fn attempts(&self) -> usize {
+        self.seen.attempts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
         self.seen
@@ -251,13 +285,20 @@ async fn http_export(seen: Arc<Seen>, req: Request<Incoming>) -> Response<Full<B
         return answer(StatusCode::BAD_REQUEST, Vec::new());
     };
     match ExportTraceServiceRequest::decode(body.to_bytes()) {
-        Ok(r) => {
-            seen.take(headers, r);
-            answer(
-                StatusCode::OK,
-                ExportTraceServiceResponse::default().encode_to_vec(),
-            )
-        }
+        Ok(r) => match seen.next_answer() {
+            Some(Answer::Status(status)) => answer(status, b"scripted refusal".to_vec()),
+            Some(Answer::Partial(rejected, message)) => {
+                seen.take(headers, r);
+                answer(StatusCode::OK, partial(rejected, message).encode_to_vec())
+            }
+            Some(Answer::Grpc(_)) | None => {
+                seen.take(headers, r);
+                answer(
+                    StatusCode::OK,
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+        },
         Err(_) => answer(StatusCode::BAD_REQUEST, Vec::new()),
     }
 }
@@ -271,7 +312,27 @@ impl TraceService for Grpc {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let headers = request.metadata().clone().into_headers();
-        self.0.take(headers, request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        match self.0.next_answer() {
+            Some(Answer::Grpc(code)) => Err(tonic::Status::new(code, "scripted refusal")),
+            Some(Answer::Partial(rejected, message)) => {
+                self.0.take(headers, request.into_inner());
+                Ok(tonic::Response::new(partial(rejected, message)))
+            }
+            Some(Answer::Status(_)) | None => {
+                self.0.take(headers, request.into_inner());
+                Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+            }
+        }
+    }
+}
+
+fn partial(rejected: i64, message: &str) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse {
+        partial_success: Some(
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message: message.to_owned(),
+            },
+        ),
     }
 }
