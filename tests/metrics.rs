@@ -559,6 +559,8 @@ async fn documented_families_are_the_served_ones() {
         "mcp_edge_introspection_cache_total",
         // `[audit]`.
         "mcp_edge_audit_entries_total",
+        // `otel` builds with `[telemetry.otlp]` (tests/otel.rs).
+        "mcp_edge_trace_spans_total",
     ];
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
         .expect("docs/metrics.md");

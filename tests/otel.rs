@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mcp_edge::config::{OtlpHeader, OtlpProtocol, OtlpSettings, Sampling};
-use mcp_edge::telemetry::otel::{ExportStats, MAX_QUEUED_SPANS, OtlpSink};
-use mcp_edge::telemetry::trace::{Phase, RequestSpans, SpanSink, TraceContext, UpstreamCall};
+use mcp_edge::telemetry::otel::{MAX_QUEUED_SPANS, OtlpSink};
+use mcp_edge::telemetry::trace::{
+    Phase, RequestSpans, SpanCounts, SpanSink, TraceContext, UpstreamCall,
+};
 use support::otlp::{Answer, Collector, Received};
 
 /// The caller's context in every hand-made request: trace 4bf9…, caller span 00f0…, sampled.
@@ -479,7 +481,7 @@ async fn transient_refusals_are_retried_and_rejections_counted() {
         );
         assert_eq!(
             sink.stats(),
-            ExportStats {
+            SpanCounts {
                 exported: 4,
                 dropped: 0,
                 failed: 0
@@ -506,7 +508,7 @@ async fn transient_refusals_are_retried_and_rejections_counted() {
         sink.flush().await.expect("a partial success is a success");
         assert_eq!(
             sink.stats(),
-            ExportStats {
+            SpanCounts {
                 exported: 7,
                 dropped: 0,
                 failed: 5
@@ -844,8 +846,16 @@ async fn traced_calls(protocol: &str) {
     let _ = r.bytes().await;
 
     // Stopping flushes what is queued.
+    let monitor = proxy.running.as_ref().expect("running").monitor.clone();
     proxy.stop().await;
     let spans = collector.spans();
+    let text = monitor.metrics();
+    let exported = format!(
+        "mcp_edge_trace_spans_total{{result=\"exported\"}} {}",
+        spans.len()
+    );
+    assert!(text.contains(&exported), "{exported} in:\n{text}");
+    assert!(text.contains("mcp_edge_trace_spans_total{result=\"dropped\"} 0"));
 
     let one = trace(&spans, t1);
     assert_eq!(one.len(), 4, "{:?}", names(&spans));

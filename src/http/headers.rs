@@ -124,12 +124,23 @@ fn ip_header(ip: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
+/// A copy of `v` with an allocation of its own, for a value kept as long as the request's
+/// answer lasts. A header value hyper parsed shares the connection's read buffer (8 KiB or
+/// more), and a clone of it would keep that buffer allocated for the life of a stream while
+/// hyper takes a new one for the next read.
+pub fn detached(v: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    copy.set_sensitive(v.is_sensitive());
+    copy
+}
+
 /// Returns the client's `X-Request-Id` if it is a sane token, otherwise a fresh random id.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(X_REQUEST_ID)
         && is_token(v.as_bytes(), 128)
     {
-        return v.clone();
+        // Kept in the access record until the answer ends (see `detached`).
+        return detached(v);
     }
     let id: u128 = rand::random();
     HeaderValue::from_str(&format!("{id:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
@@ -264,6 +275,16 @@ mod tests {
             HeaderValue::from_str(&"a".repeat(129)).unwrap(),
         );
         assert_eq!(request_id(&h).len(), 32);
+    }
+
+    #[test]
+    fn detached_values_are_equal_copies() {
+        let mut v = HeaderValue::from_static("tools/call");
+        v.set_sensitive(true);
+        let d = detached(&v);
+        assert_eq!(d, v);
+        assert!(d.is_sensitive());
+        assert_eq!(detached(&HeaderValue::from_static("")).as_bytes(), b"");
     }
 
     #[test]

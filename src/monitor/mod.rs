@@ -139,6 +139,7 @@ impl Monitor {
         snapshot::limit_store(&mut root, self.proxy.limits_store());
         snapshot::upstream_pool(&mut root, self.proxy.gateway().upstream_pool());
         snapshot::token_cache(&mut root, self.proxy.gateway().issuers.token_cache());
+        snapshot::span_export(&mut root, self.proxy.span_counts());
         snapshot::identity_providers(
             &mut root,
             &self.proxy.gateway().issuers.statuses(),

@@ -12,6 +12,7 @@ use crate::auth::bearer::IssuerStatus;
 use crate::auth::token_cache::TokenCacheStatus;
 use crate::limits::StoreStatus;
 use crate::metrics::{Labels, label, owned};
+use crate::telemetry::trace::SpanCounts;
 use crate::upstream::{CircuitState, EndpointSnapshot};
 
 /// The commit the binary was built from (`MCP_EDGE_COMMIT` at build time, else git's).
@@ -261,6 +262,21 @@ pub fn token_cache(r: &mut Registry, status: Option<TokenCacheStatus>) {
         "mcp_edge_token_cache_evictions",
         "Usable verified tokens dropped to make room for newer ones",
         ConstCounter::new(s.evictions),
+    );
+}
+
+/// Spans exported over OTLP, by what became of them, when export is on.
+pub fn span_export(r: &mut Registry, counts: Option<SpanCounts>) {
+    let Some(c) = counts else { return };
+    counters(
+        r,
+        "mcp_edge_trace_spans",
+        "Spans handed to the OTLP exporter by result (exported, dropped on a full queue, failed)",
+        vec![
+            (vec![label("result", "exported")], c.exported),
+            (vec![label("result", "dropped")], c.dropped),
+            (vec![label("result", "failed")], c.failed),
+        ],
     );
 }
 

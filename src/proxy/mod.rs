@@ -146,6 +146,11 @@ impl Proxy {
         self.limits.load().store_status()
     }
 
+    /// What became of the exported spans, when a span sink is configured.
+    pub fn span_counts(&self) -> Option<crate::telemetry::trace::SpanCounts> {
+        self.spans.as_ref().map(|s| s.counts())
+    }
+
     /// Health of every configured upstream endpoint (circuit, ejection, checks, retries).
     pub fn upstream_health(&self) -> Vec<EndpointSnapshot> {
         self.health.snapshot()
@@ -174,10 +179,15 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         // The body stays here until `inspect` takes it, so a refusal can drain it.
         let mut body = Some(body);
-        let reply = self
-            .phases(&gw, &mut ctx, parts, &mut body)
-            .instrument(span)
-            .await;
+        // Boxed: hyper keeps one slot the size of this future per HTTP/1.1 connection (and
+        // per h2 stream) for as long as it is open, and the phases' states (authentication,
+        // inspection, the upstream call) made it 5 KiB; boxed, they exist only while they run
+        // (massif, 300 open streams: bench/RESULTS.md 2026-12-02).
+        let reply = Box::pin(
+            self.phases(&gw, &mut ctx, parts, &mut body)
+                .instrument(span),
+        )
+        .await;
         if reply.is_err()
             && let Some(b) = body.take()
         {

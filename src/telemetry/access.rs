@@ -270,7 +270,8 @@ impl AccessLog {
 
     /// Records the MCP method a request names in its header (before its body is read).
     pub fn set_mcp_method(&mut self, method: Option<&HeaderValue>) {
-        self.mcp_method = method.cloned();
+        // A copy: the record lives as long as a streamed answer (`headers::detached`).
+        self.mcp_method = method.map(crate::http::headers::detached);
     }
 
     /// Records what the POST body carries: the MCP method (label index and name), the tool
@@ -295,7 +296,7 @@ impl AccessLog {
         self.version = labels::version_index(version.map(HeaderValue::as_bytes));
         self.bytes_in = body_len as u64;
         if self.sink.is_some() {
-            self.protocol_version = version.cloned();
+            self.protocol_version = version.map(crate::http::headers::detached);
         }
     }
 

@@ -91,17 +91,26 @@ fn fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
 
 /// A length-delimited field whose content `body` writes in place. The length is not known
 /// before: one byte is reserved for it (enough below 128 bytes, the common case for strings
-/// and attributes) and the content is moved up when the length needs more.
+/// and attributes) and the content is moved when the length needs more.
 fn nested(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    nested_reserving(buf, field, 1, body);
+}
+
+/// [`nested`] reserving `guess` bytes for the length (2 for a span: 128 bytes to 16 KiB), so
+/// the content moves only when the guess was wrong.
+fn nested_reserving(buf: &mut Vec<u8>, field: u32, guess: usize, body: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.resize(at + guess, 0);
     body(buf);
-    let len = buf.len() - at - 1;
+    let len = buf.len() - at - guess;
     let n = varint_len(len as u64);
-    if n > 1 {
-        buf.resize(buf.len() + n - 1, 0);
-        buf.copy_within(at + 1..at + 1 + len, at + n);
+    if n > guess {
+        buf.resize(buf.len() + n - guess, 0);
+        buf.copy_within(at + guess..at + guess + len, at + n);
+    } else if n < guess {
+        buf.copy_within(at + guess..at + guess + len, at + n);
+        buf.truncate(at + n + len);
     }
     let mut v = len as u64;
     for slot in &mut buf[at..at + n] {
@@ -159,27 +168,27 @@ pub fn scope() -> Vec<u8> {
     buf
 }
 
-/// An `ExportTraceServiceRequest` of `spans` (concatenated encoded spans, from
-/// [`request_spans`]) under the encoded `resource` and `scope`. With `grpc`, in the gRPC
-/// message frame (uncompressed flag and big-endian length).
-pub fn request_body(resource: &[u8], scope: &[u8], spans: &[u8], grpc: bool) -> Vec<u8> {
+/// Writes into `buf` (emptied first) an `ExportTraceServiceRequest` of `spans` (concatenated
+/// encoded spans, from [`request_spans`]) under the encoded `resource` and `scope`. With
+/// `grpc`, in the gRPC message frame (uncompressed flag and big-endian length).
+pub fn request_body(buf: &mut Vec<u8>, resource: &[u8], scope: &[u8], spans: &[u8], grpc: bool) {
     let scope_spans = scope.len() + spans.len();
     let resource_spans = resource.len() + 1 + varint_len(scope_spans as u64) + scope_spans;
     let message = 1 + varint_len(resource_spans as u64) + resource_spans;
-    let mut buf = Vec::with_capacity(message + 5);
+    buf.clear();
+    buf.reserve(message + 5);
     if grpc {
         buf.push(0);
         // The body is bounded by the queue far below 4 GiB.
         buf.extend_from_slice(&(message as u32).to_be_bytes());
     }
-    key(&mut buf, 1, LEN);
-    varint(&mut buf, resource_spans as u64);
+    key(buf, 1, LEN);
+    varint(buf, resource_spans as u64);
     buf.extend_from_slice(resource);
-    key(&mut buf, 2, LEN);
-    varint(&mut buf, scope_spans as u64);
+    key(buf, 2, LEN);
+    varint(buf, scope_spans as u64);
     buf.extend_from_slice(scope);
     buf.extend_from_slice(spans);
-    buf
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
@@ -208,7 +217,7 @@ fn span(
     attrs: impl FnOnce(&mut Vec<u8>),
     error: Option<&str>,
 ) {
-    nested(buf, 2, |b| {
+    nested_reserving(buf, 2, 2, |b| {
         bytes(b, 1, c.trace_id);
         bytes(b, 2, id);
         if let Some(p) = parent {
@@ -520,6 +529,14 @@ mod tests {
             assert_eq!((f, w, l as usize, payload.len()), (3, LEN, len, len));
             assert!(payload.iter().all(|&x| x == 7));
             assert!(it.next().is_none());
+            // Any guess for the length's size gives the same bytes.
+            for guess in [2, 3] {
+                let mut g = vec![0xaa];
+                nested_reserving(&mut g, 3, guess, |b| {
+                    b.extend(std::iter::repeat_n(7u8, len))
+                });
+                assert_eq!(g, b, "{len} bytes, {guess} reserved");
+            }
         }
     }
 
@@ -614,7 +631,8 @@ mod decode_tests {
         assert_eq!(n, 600);
         let (res, sc) = (resource("svc"), scope());
         for grpc in [false, true] {
-            let body = request_body(&res, &sc, &spans, grpc);
+            let mut body = vec![1, 2, 3];
+            request_body(&mut body, &res, &sc, &spans, grpc);
             let message = if grpc {
                 assert_eq!(body[0], 0, "uncompressed");
                 let len = u32::from_be_bytes(body[1..5].try_into().expect("4 bytes"));
