@@ -14,6 +14,10 @@
 # process (/proc/PID/stat fields 14 and 15, clock ticks) over the h2load run divided by the
 # requests that succeeded. Raw lines go to stdout (and $OUT/raw.tsv), then medians.
 #
+# OTLP=1 runs both builds with `[telemetry.otlp]` at sample_ratio 1.0, exporting every span to
+# one loopback sink (bench/otlp_sink.py, on $OTLP_PORT): the cost of tracing between two builds
+# (both must be built with `--features otel`).
+#
 # PERF=1 additionally records `perf record -g` of the AFTER proxy for $PERF_SECS s under
 # auth+policy h1 load and prints `perf report --no-children` (top of it) to $OUT/perf-after.txt
 # (and the same for BEFORE into perf-before.txt).
@@ -27,6 +31,8 @@ M=${M:-10}             # h2 streams per connection
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2000} # requests per (build, scenario, protocol) before measuring
 PERF=${PERF:-0}
+OTLP=${OTLP:-0}
+OTLP_PORT=${OTLP_PORT:-19480}
 PERF_SECS=${PERF_SECS:-10}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -52,8 +58,18 @@ source "$(dirname "$0")/lib/common.sh"
 export BENCH_PUBLIC=$PUBLIC
 bench_pki "$work/pki"
 ORIGIN=$BENCH_ORIGIN
+EXTRA=""
+if [ "$OTLP" = 1 ]; then
+  command -v python3 >/dev/null || { echo "OTLP=1 needs python3 (bench/otlp_sink.py)" >&2; exit 1; }
+  python3 "$(dirname "$0")/otlp_sink.py" "127.0.0.1:$OTLP_PORT" "$OUT/otlp.stats" & pids+=($!)
+  bench_wait_port "$OTLP_PORT"
+  EXTRA="[telemetry.otlp]
+endpoint = \"http://127.0.0.1:$OTLP_PORT\"
+protocol = \"http/protobuf\"
+sample_ratio = 1.0"
+fi
 config() { # port
-  bench_edge_config "$1" "$BACKEND" "$work/pki" "$work/pki/jwks.json"
+  bench_edge_config "$1" "$BACKEND" "$work/pki" "$work/pki/jwks.json" "$EXTRA"
 }
 config "$PORT_BEFORE" >"$work/before.toml"
 config "$PORT_AFTER" >"$work/after.toml"
@@ -134,6 +150,7 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "$OTLP" = 1 ] && echo "OTLP sink (requests, bytes, other): $(cat "$OUT/otlp.stats" 2>/dev/null || echo none)"
 
 echo
 echo "| scenario | protocol | before req/s | after req/s | after/before | before CPU µs/req | after CPU µs/req | after/before |"
