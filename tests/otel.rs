@@ -55,6 +55,17 @@ fn settings(endpoint: String, protocol: OtlpProtocol) -> OtlpSettings {
     }
 }
 
+/// A sink exporting over OTLP/HTTP to `collector`, with [`settings`].
+fn http_sink(collector: &Collector) -> Arc<OtlpSink> {
+    Arc::new(
+        OtlpSink::new(&settings(
+            format!("{}/v1/traces", collector.endpoint()),
+            OtlpProtocol::HttpProtobuf,
+        ))
+        .expect("sink"),
+    )
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -204,13 +215,7 @@ fn assert_tool_call(spans: &[Received], request: &RequestSpans) {
 async fn spans_reach_an_http_collector_with_ids_parentage_and_attributes() {
     support::init();
     let collector = Collector::http().await;
-    let sink = Arc::new(
-        OtlpSink::new(&settings(
-            format!("{}/v1/traces", collector.endpoint()),
-            OtlpProtocol::HttpProtobuf,
-        ))
-        .expect("sink"),
-    );
+    let sink = http_sink(&collector);
     let request = tool_call();
     assert!(sink.sample(&request.context), "the caller sampled it");
     sink.export(request.clone());
@@ -253,13 +258,7 @@ async fn spans_reach_a_grpc_collector() {
 async fn refusals_prompts_and_plain_http_requests_are_named_and_marked() {
     support::init();
     let collector = Collector::http().await;
-    let sink = Arc::new(
-        OtlpSink::new(&settings(
-            format!("{}/v1/traces", collector.endpoint()),
-            OtlpProtocol::HttpProtobuf,
-        ))
-        .expect("sink"),
-    );
+    let sink = http_sink(&collector);
     // Refused by the policy: the server span and `authorize` carry the refusal.
     let mut refused = RequestSpans::new(
         TraceContext::root(),
@@ -525,13 +524,7 @@ async fn transient_refusals_are_retried_and_rejections_counted() {
 async fn a_full_batch_is_sent_without_waiting() {
     support::init();
     let collector = Collector::http().await;
-    let sink = Arc::new(
-        OtlpSink::new(&settings(
-            format!("{}/v1/traces", collector.endpoint()),
-            OtlpProtocol::HttpProtobuf,
-        ))
-        .expect("sink"),
-    );
+    let sink = http_sink(&collector);
     let request = tool_call();
     let batch = mcp_edge::telemetry::otel::MAX_BATCH;
     for _ in 0..batch / 4 {

@@ -285,7 +285,9 @@ impl AccessLog {
         version: Option<&HeaderValue>,
         body_len: usize,
     ) {
+        // Usually the `Mcp-Method` header already named it: no second copy then.
         if let Some(m) = method
+            && self.mcp_method.as_ref().map(HeaderValue::as_bytes) != Some(m.as_bytes())
             && let Ok(v) = HeaderValue::from_str(m)
         {
             self.mcp_method = Some(v);

@@ -272,6 +272,13 @@ impl RequestSpans {
         }
     }
 
+    /// How many spans the request has: the server span, and each phase that ran.
+    pub fn span_count(&self) -> usize {
+        1 + usize::from(self.auth.is_some())
+            + usize::from(self.policy.is_some())
+            + usize::from(self.upstream.is_some())
+    }
+
     /// Wall-clock time of a monotonic instant of this request.
     pub fn wall(&self, at: Instant) -> SystemTime {
         self.start_time + at.saturating_duration_since(self.started)

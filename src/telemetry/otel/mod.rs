@@ -234,11 +234,8 @@ impl SpanSink for OtlpSink {
         let mut q = s.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if q.spans + SPANS_PER_REQUEST > MAX_QUEUED_SPANS {
             drop(q);
-            let n = 1
-                + usize::from(spans.auth.is_some())
-                + usize::from(spans.policy.is_some())
-                + usize::from(spans.upstream.is_some());
-            s.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            s.dropped
+                .fetch_add(spans.span_count() as u64, Ordering::Relaxed);
             if !s.drop_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     queued = MAX_QUEUED_SPANS,

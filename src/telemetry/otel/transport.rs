@@ -117,16 +117,8 @@ impl Transport {
         } else {
             rustls::RootCertStore::empty()
         };
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let tls = crate::http::client::tls_config(roots).map_err(|e| fail(e.to_string()))?;
+        let http = crate::http::client::tcp_connector(CONNECT_TIMEOUT);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
@@ -219,7 +211,7 @@ impl Transport {
             .client
             .request(req)
             .await
-            .map_err(|e| ExportError::Connect(chain(&e)))?;
+            .map_err(|e| ExportError::Connect(crate::upstream::error_chain(&e)))?;
         let (head, body) = resp.into_parts();
         let collected = Limited::new(body, MAX_RESPONSE)
             .collect()
@@ -276,16 +268,4 @@ impl Transport {
             rejected: body.get(5..).and_then(wire::partial_success),
         })
     }
-}
-
-/// An error with its sources (hyper's client error alone says only "client error").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -251,7 +251,6 @@ pub fn request_spans(s: &RequestSpans, buf: &mut Vec<u8>) -> usize {
         trace_id: &s.context.trace_id,
         end,
     };
-    let mut n = 1;
     span(
         buf,
         &c,
@@ -267,14 +266,12 @@ pub fn request_spans(s: &RequestSpans, buf: &mut Vec<u8>) -> usize {
     for (name, phase) in [("authenticate", &s.auth), ("authorize", &s.policy)] {
         if let Some(p) = phase {
             phase_span(buf, &c, s, name, p);
-            n += 1;
         }
     }
     if let Some(u) = &s.upstream {
         upstream_span(buf, &c, s, u);
-        n += 1;
     }
-    n
+    s.span_count()
 }
 
 fn phase_span(buf: &mut Vec<u8>, c: &Common<'_>, s: &RequestSpans, name: &str, p: &Phase) {
